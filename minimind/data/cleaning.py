@@ -1,0 +1,266 @@
+"""Turning raw downloads into clean, deduplicated, split Parquet shards.
+
+Each raw record goes through: read (JSONL/.gz/Parquet) -> schema validation -> Unicode
+normalisation -> length handling -> quality filters (pretrain text) -> exact and near-duplicate
+removal -> deterministic train/val split -> a Parquet shard. Nothing is dropped silently:
+every rejected record is written to the rejects file with its source file:line, the rule that
+rejected it and the record itself, and counted by reason in the report.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow as pa
+import xxhash
+from pydantic import BaseModel, ConfigDict, Field
+from tqdm.auto import tqdm
+
+from minimind.data.dedup import DedupConfig, Deduplicator
+from minimind.data.quality import QualityConfig, quality_issue
+from minimind.data.readers import ReadIssue, iter_records
+from minimind.data.records import SchemaError, validate_record
+from minimind.data.shards import ShardWriter
+from minimind.data.textnorm import detect_lang, normalize_record
+
+CLEANABLE_KINDS = ("pretrain", "sft", "dpo")
+_META = [("lang", pa.string()), ("source", pa.string()), ("origin", pa.string())]
+SCHEMAS = {
+    "pretrain": pa.schema([("text", pa.string()), *_META]),
+    "sft": pa.schema([("conversations", pa.string()), *_META]),
+    "dpo": pa.schema([("chosen", pa.string()), ("rejected", pa.string()), *_META]),
+}
+SPLITS = ("train", "val")
+
+
+class CleanConfig(BaseModel):
+    """The clean stage's knobs (params.yaml `clean`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    unicode_form: Literal["NFKC", "NFC", "none"] = "NFKC"
+    val_fraction: float = Field(default=0.05, ge=0, lt=1, description="held-out share per kind")
+    max_chars: int = Field(default=4000, ge=16,
+                           description="pretrain docs longer than this are split at line breaks")
+    max_conversation_chars: int = Field(default=8000, ge=16,
+                                        description="longer SFT/DPO records are rejected")
+    shard_rows: int = Field(default=50_000, ge=1, description="rows per Parquet shard")
+    seed: int = Field(default=42, description="salt of the deterministic train/val split")
+    quality: QualityConfig = QualityConfig()
+    dedup: DedupConfig = DedupConfig()
+
+
+@dataclass
+class Doc:
+    """One output row in the making: its columns, the text that identifies it, its language."""
+
+    columns: dict[str, Any]
+    text: str
+    lang: str
+    origin: str
+
+
+def split_long_text(text: str, max_chars: int) -> list[str]:
+    """Cut text into pieces of at most max_chars, at line breaks where possible (no text lost)."""
+    if len(text) <= max_chars:
+        return [text]
+    pieces: list[str] = []
+    current = ""
+    for line in text.splitlines(keepends=True):
+        while len(line) > max_chars:  # a single overlong line is cut hard
+            if current:
+                pieces.append(current)
+                current = ""
+            pieces.append(line[:max_chars])
+            line = line[max_chars:]
+        if len(current) + len(line) > max_chars:
+            pieces.append(current)
+            current = ""
+        current += line
+    if current:
+        pieces.append(current)
+    return [p.strip() for p in pieces if p.strip()]
+
+
+def _conversation_text(messages: list[dict[str, Any]]) -> str:
+    parts = []
+    for m in messages:
+        extra = " ".join(m.get(k, "") for k in ("reasoning_content", "tool_calls") if m.get(k))
+        parts.append(f"{m['role']}: {m['content']} {extra}".rstrip())
+    return "\n".join(parts)
+
+
+def _spoken_text(messages: list[dict[str, Any]]) -> str:
+    """The natural-language part of a conversation, for language detection."""
+    return " ".join(m["content"] for m in messages if m["role"] in ("user", "assistant"))
+
+
+class RejectSink:
+    """The rejects file: one JSON line per dropped record, with enough to inspect and recover it."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._handle = open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self.counts: Counter[str] = Counter()
+
+    def add(self, reason: str, detail: str, source: str, origin: str, record: Any,
+            duplicate_of: str | None = None) -> None:
+        self.counts[reason] += 1
+        entry = {"reason": reason, "detail": detail, "source": source, "origin": origin,
+                 "record": record}
+        if duplicate_of is not None:
+            entry["duplicate_of"] = duplicate_of
+        self._handle.write(json.dumps(entry, ensure_ascii=False, default=_jsonable) + "\n")
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes | bytearray):
+        return f"<{len(value)} bytes>"
+    return repr(value)
+
+
+class Cleaner:
+    """Cleans raw files into per-kind, per-split shard writers under one output directory."""
+
+    def __init__(self, config: CleanConfig, out_dir: Path, progress: bool = True) -> None:
+        self.config = config
+        self.out_dir = out_dir
+        self.progress = progress
+        self.rejects = RejectSink(out_dir / "rejects.jsonl")
+        self._writers: dict[tuple[str, str], ShardWriter] = {}
+        self._dedup: dict[str, Deduplicator] = {}
+        self.stats: dict[str, Counter[str]] = defaultdict(Counter)
+
+    # -- one file --------------------------------------------------------------------------
+    def clean_file(self, path: Path, display: str, source: str, kind: str) -> None:
+        """Clean every record of one raw file; `display` is the name used in origins."""
+        if kind not in CLEANABLE_KINDS:
+            raise ValueError(f"{display}: cleaning {kind!r} records is not supported yet "
+                             f"(supported: {', '.join(CLEANABLE_KINDS)})")
+        stats = self.stats[source]
+        for item in tqdm(iter_records(path), desc=f"clean {display}", unit="rec",
+                         disable=not self.progress, leave=False):
+            origin = f"{display}:{item.line}"
+            stats["records_in"] += 1
+            if isinstance(item, ReadIssue):
+                self.rejects.add(item.reason, item.detail, source, origin, item.raw)
+                continue
+            try:
+                docs = self._documents(kind, item.value, origin)
+            except SchemaError as exc:
+                self.rejects.add(exc.reason, exc.detail, source, origin, item.value)
+                continue
+            kept = 0
+            for doc in docs:
+                kept += self._keep(kind, source, doc)
+            stats["records_kept"] += kept > 0
+            stats["docs_out"] += kept
+
+    def _documents(self, kind: str, value: dict[str, Any], origin: str) -> list[Doc]:
+        form = self.config.unicode_form
+        record = validate_record(kind, value)
+        # Validate again after normalisation: it may empty a field (e.g. only zero-width chars).
+        record = validate_record(kind, normalize_record(kind, record, form))
+        if kind == "pretrain":
+            pieces = split_long_text(record["text"], self.config.max_chars)
+            return [Doc({"text": p}, p, detect_lang(p),
+                        origin if len(pieces) == 1 else f"{origin}#{i}")
+                    for i, p in enumerate(pieces)]
+        if kind == "sft":
+            messages = record["conversations"]
+            text = _conversation_text(messages)
+            columns = {"conversations": json.dumps(messages, ensure_ascii=False)}
+            lang_text = _spoken_text(messages)
+        else:
+            text = _conversation_text(record["chosen"]) + "\n" + _conversation_text(
+                record["rejected"][-1:])
+            columns = {key: json.dumps(record[key], ensure_ascii=False)
+                       for key in ("chosen", "rejected")}
+            lang_text = _spoken_text(record["chosen"])
+        if len(text) > self.config.max_conversation_chars:
+            raise SchemaError("too_long", f"{len(text)} chars > max_conversation_chars "
+                                          f"{self.config.max_conversation_chars}")
+        return [Doc(columns, text, detect_lang(lang_text), origin)]
+
+    def _keep(self, kind: str, source: str, doc: Doc) -> bool:
+        """Filter, dedup and write one document; True if it was written."""
+        if kind == "pretrain":
+            issue = quality_issue(doc.text, doc.lang, self.config.quality)
+            if issue is not None:
+                self.rejects.add(issue[0], issue[1], source, doc.origin, doc.columns)
+                return False
+        if kind not in self._dedup:
+            self._dedup[kind] = Deduplicator(self.config.dedup)
+        dedup = self._dedup[kind]
+        duplicate = dedup.check(doc.origin, doc.text)
+        if duplicate is not None:
+            reason, first = duplicate
+            self.rejects.add(reason, f"duplicate of {first}", source, doc.origin, doc.columns,
+                             duplicate_of=first)
+            return False
+        split = self._split(doc.text)
+        self._writer(kind, split).write(
+            {**doc.columns, "lang": doc.lang, "source": source, "origin": doc.origin})
+        self.stats[source][f"{kind}.{split}"] += 1
+        self.stats[source][f"lang.{doc.lang}"] += 1
+        return True
+
+    def _split(self, text: str) -> str:
+        """Deterministic by content: the same text always lands in the same split."""
+        bucket = xxhash.xxh64_intdigest(text.encode(), seed=self.config.seed % 2**64) / 2**64
+        return "val" if bucket < self.config.val_fraction else "train"
+
+    def _writer(self, kind: str, split: str) -> ShardWriter:
+        key = (kind, split)
+        if key not in self._writers:
+            self._writers[key] = ShardWriter(self.out_dir / kind, split, SCHEMAS[kind],
+                                             self.config.shard_rows)
+        return self._writers[key]
+
+    # -- the whole corpus ------------------------------------------------------------------
+    def close(self) -> None:
+        for writer in self._writers.values():
+            writer.close()
+        self.rejects.close()
+
+    def report(self, seconds: float) -> dict[str, Any]:
+        """Counts per rule, per source, per kind/split and per language, plus throughput."""
+        total: Counter[str] = Counter()
+        for counts in self.stats.values():
+            total.update(counts)
+        rows = {f"{kind}.{split}": w.rows_written for (kind, split), w in self._writers.items()}
+        return {
+            "records_in": total["records_in"],
+            "records_kept": total["records_kept"],
+            "records_rejected": total["records_in"] - total["records_kept"],
+            "docs_out": total["docs_out"],
+            "rejects_by_reason": dict(sorted(self.rejects.counts.items())),
+            "rows": dict(sorted(rows.items())),
+            "by_source": {s: dict(sorted(c.items())) for s, c in sorted(self.stats.items())},
+            "dedup": {kind: d.stats for kind, d in sorted(self._dedup.items())},
+            "seconds": round(seconds, 3),
+            "records_per_s": round(total["records_in"] / max(seconds, 1e-9), 1),
+        }
+
+
+def clean_corpus(sources: list[dict[str, Any]], raw_dir: Path, out_dir: Path,
+                 config: CleanConfig, progress: bool = True) -> dict[str, Any]:
+    """Clean every file of every manifest source into out_dir; return the report."""
+    started = time.perf_counter()
+    cleaner = Cleaner(config, out_dir, progress)
+    try:
+        for source in sources:
+            for entry in source["files"]:
+                cleaner.clean_file(raw_dir / entry["path"], entry["path"], source["name"],
+                                   source["kind"])
+    finally:
+        cleaner.close()
+    return cleaner.report(time.perf_counter() - started)

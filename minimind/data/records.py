@@ -1,0 +1,213 @@
+"""Record schemas: check a raw JSON object against its data kind and return it canonical.
+
+Every downstream stage (tokenizer training, tokenisation, the SFT/DPO datasets, the
+multimodal feature cache) relies on one shape per kind, so the clean stage validates each
+raw record once, here, and keeps only the canonical form:
+
+- pretrain: `{"text": str}`
+- sft:      `{"conversations": [message, ...]}`
+- dpo:      `{"chosen": [message, ...], "rejected": [message, ...]}`
+- vlm/omni: like sft, plus the media fields of that kind passed through untouched
+
+A message is `{"role", "content"}` plus, when present, `reasoning_content`, `tools` and
+`tool_calls`; the last two are stored as compact JSON strings (the public MiniMind datasets
+keep them as strings, and a string column keeps the Parquet schema stable). Conversations
+stored as a JSON string, as in MiniMind's Parquet files, are parsed.
+
+A record that does not fit raises `SchemaError` with a short snake_case `reason` (counted
+in the clean report) and a `detail` naming the offending field, e.g.
+`conversations[2].role: 'bot' is not one of system, user, assistant, tool`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal, get_args
+
+Kind = Literal["pretrain", "sft", "dpo", "vlm", "omni"]
+KINDS: tuple[str, ...] = get_args(Kind)
+ROLES = ("system", "user", "assistant", "tool")
+
+# Top-level fields that later stages of a kind read (images for the vision encoder, audio
+# for the audio encoder and the speech codec). Any other top-level key is dropped.
+MEDIA_FIELDS: dict[str, tuple[str, ...]] = {
+    "vlm": ("image_bytes", "image", "images"),
+    "omni": (
+        "image_bytes", "image", "images",
+        "question_audios", "answer_audios", "answer_audio", "ref_audios", "spk_emb",
+    ),
+}
+
+
+class SchemaError(ValueError):
+    """A record that does not match its kind's schema; `reason` is a snake_case code."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def validate_record(kind: Kind, value: dict) -> dict:
+    """Return the canonical record or raise SchemaError.
+
+    Raises ValueError (not SchemaError) for an unknown `kind`: that is a configuration
+    error, not bad data.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown data kind {kind!r}; expected one of {', '.join(KINDS)}")
+    if not isinstance(value, dict):
+        raise SchemaError("wrong_type", f"record: expected an object, got {_type_name(value)}")
+    if kind == "pretrain":
+        return {"text": _text_field(value, "text")}
+    if kind == "dpo":
+        return _dpo_record(value)
+    conversations = _messages(value, "conversations")
+    if not any(_is_answer(message) for message in conversations):
+        raise SchemaError(
+            "no_assistant_turn", "conversations: no assistant turn with content or tool_calls"
+        )
+    media = {key: value[key] for key in MEDIA_FIELDS.get(kind, ()) if key in value}
+    return {"conversations": conversations, **media}
+
+
+def _dpo_record(value: dict) -> dict:
+    pair = {side: _messages(value, side) for side in ("chosen", "rejected")}
+    for side, messages in pair.items():
+        last = messages[-1]
+        if not _is_answer(last):
+            what = "an empty assistant turn" if last["role"] == "assistant" else last["role"]
+            raise SchemaError(
+                "bad_pair", f"{side}[{len(messages) - 1}]: last turn is {what}, not an answer"
+            )
+    chosen, rejected = pair["chosen"], pair["rejected"]
+    if chosen[:-1] != rejected[:-1]:
+        turn = _first_difference(chosen[:-1], rejected[:-1])
+        raise SchemaError(
+            "prompt_mismatch", f"chosen[{turn}] and rejected[{turn}] differ before the answers"
+        )
+    if chosen[-1] == rejected[-1]:
+        raise SchemaError("identical_pair", "chosen and rejected answers are identical")
+    return pair
+
+
+def _first_difference(a: list[dict], b: list[dict]) -> int:
+    shared = min(len(a), len(b))
+    return next((i for i in range(shared) if a[i] != b[i]), shared)
+
+
+def _is_answer(message: dict) -> bool:
+    return message["role"] == "assistant" and bool(
+        message["content"].strip() or "tool_calls" in message
+    )
+
+
+def _text_field(value: dict, field: str) -> str:
+    text = value.get(field)
+    if text is None:
+        raise SchemaError("missing_field", f"{field}: missing or null")
+    if not isinstance(text, str):
+        raise SchemaError("wrong_type", f"{field}: expected a string, got {_type_name(text)}")
+    if not text.strip():
+        raise SchemaError("empty_text", f"{field}: empty or only whitespace")
+    return text
+
+
+def _messages(value: dict, field: str) -> list[dict]:
+    """Validate the message list stored in `value[field]` (a list or a JSON string of one)."""
+    messages = value.get(field)
+    if messages is None:
+        raise SchemaError("missing_field", f"{field}: missing or null")
+    if isinstance(messages, str):
+        try:
+            messages = json.loads(messages)
+        except (json.JSONDecodeError, RecursionError) as err:
+            detail = f"{field}: not a JSON list of messages: {err}"
+            raise SchemaError("invalid_json", detail) from None
+    if not isinstance(messages, list):
+        raise SchemaError(
+            "wrong_type", f"{field}: expected a list of messages, got {_type_name(messages)}"
+        )
+    if not messages:
+        raise SchemaError("empty_conversation", f"{field}: no messages")
+    return [_message(message, f"{field}[{i}]") for i, message in enumerate(messages)]
+
+
+def _message(message: Any, where: str) -> dict:
+    if not isinstance(message, dict):
+        raise SchemaError("wrong_type", f"{where}: expected an object, got {_type_name(message)}")
+    role = message.get("role")
+    if role is None:
+        raise SchemaError("missing_field", f"{where}.role: missing or null")
+    if not isinstance(role, str):
+        raise SchemaError("wrong_type", f"{where}.role: expected a string, got {_type_name(role)}")
+    if role not in ROLES:
+        allowed = ", ".join(ROLES)
+        raise SchemaError("unknown_role", f"{where}.role: {role!r} is not one of {allowed}")
+    tool_calls = _tool_json(message, "tool_calls", where)
+    content = _content(message, where, has_tool_calls=tool_calls is not None)
+    canonical = {"role": role, "content": content}
+    reasoning = message.get("reasoning_content")
+    if reasoning is not None and not isinstance(reasoning, str):
+        raise SchemaError(
+            "wrong_type",
+            f"{where}.reasoning_content: expected a string, got {_type_name(reasoning)}",
+        )
+    if reasoning:
+        canonical["reasoning_content"] = reasoning
+    tools = _tool_json(message, "tools", where)
+    if tools is not None:
+        canonical["tools"] = tools
+    if tool_calls is not None:
+        canonical["tool_calls"] = tool_calls
+    return canonical
+
+
+def _content(message: dict, where: str, has_tool_calls: bool) -> str:
+    """The message text; an assistant turn that only calls tools may leave it out or null."""
+    if "content" not in message and not has_tool_calls:
+        raise SchemaError("missing_field", f"{where}.content: missing")
+    content = message.get("content")
+    if content is None:
+        if has_tool_calls:
+            return ""
+        raise SchemaError("null_content", f"{where}.content: null")
+    if not isinstance(content, str):
+        raise SchemaError(
+            "wrong_type", f"{where}.content: expected a string, got {_type_name(content)}"
+        )
+    return content
+
+
+def _tool_json(message: dict, key: str, where: str) -> str | None:
+    """`tools` / `tool_calls` as a compact JSON string, or None when absent or empty."""
+    raw = message.get(key)
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return None
+    if isinstance(raw, str):
+        try:
+            parsed = json.loads(raw)
+        except (json.JSONDecodeError, RecursionError) as err:
+            raise SchemaError("invalid_tool_json", f"{where}.{key}: {err}") from None
+    elif isinstance(raw, list | dict):
+        parsed = raw
+    else:
+        raise SchemaError(
+            "wrong_type", f"{where}.{key}: expected JSON text, a list or an object, "
+            f"got {_type_name(raw)}"
+        )
+    if not isinstance(parsed, list | dict):
+        raise SchemaError(
+            "invalid_tool_json",
+            f"{where}.{key}: expected a JSON list or object, got {_type_name(parsed)}",
+        )
+    if not parsed:
+        return None
+    try:
+        return json.dumps(parsed, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as err:
+        raise SchemaError("invalid_tool_json", f"{where}.{key}: {err}") from None
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__

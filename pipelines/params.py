@@ -1,0 +1,196 @@
+"""The params.yaml schema: every knob, validated before any stage does any work.
+
+A typo'd key, a wrong type or an impossible value stops the stage at once with a message that
+names the key (`clean.val_fraction: 1.5 must be < 1`), instead of surfacing as a crash an hour
+into training. Component configs (quality filters, dedup) are defined next to the code that
+uses them in `minimind/` and embedded here, so each field is declared exactly once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from minimind.data.cleaning import CleanConfig
+from minimind.tokenizer import TokenizerConfig
+
+Kind = Literal["pretrain", "sft", "dpo", "vlm", "omni"]
+URI_SCHEMES = ("hf://", "https://", "http://", "file://", "builtin:")
+
+
+class Strict(BaseModel):
+    """Base for every params section: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Source(Strict):
+    """One input dataset: where it comes from and what kind of records it holds."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="data/raw/<name>/")
+    uri: str = Field(description="hf://<repo>/<path>[@rev], https://…, file://…, builtin:<name>")
+    kind: Kind
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    limit: int | None = Field(default=None, ge=1, description="builtin: max records to build")
+    repo_type: Literal["dataset", "model", "space"] = "dataset"
+
+    @field_validator("uri")
+    @classmethod
+    def _known_scheme(cls, uri: str) -> str:
+        if not uri.startswith(URI_SCHEMES):
+            raise ValueError(f"{uri!r} must start with one of {', '.join(URI_SCHEMES)}")
+        if uri.startswith("hf://") and len(uri[5:].split("@")[0].split("/")) < 3:
+            raise ValueError(f"{uri!r} must look like hf://<owner>/<repo>/<path>[@rev]")
+        return uri
+
+    @model_validator(mode="after")
+    def _builtin_exists(self) -> Source:
+        if self.uri.startswith("builtin:"):
+            from minimind.data.builtin import BUILTIN_SOURCES
+
+            name = self.uri.removeprefix("builtin:")
+            if name not in BUILTIN_SOURCES:
+                raise ValueError(f"unknown builtin {name!r}; known: {', '.join(BUILTIN_SOURCES)}")
+            if BUILTIN_SOURCES[name].kind != self.kind:
+                raise ValueError(f"builtin:{name} holds {BUILTIN_SOURCES[name].kind!r} records, "
+                                 f"not {self.kind!r}")
+        elif self.limit is not None:
+            raise ValueError("limit applies to builtin: sources only")
+        return self
+
+
+class DataParams(Strict):
+    sources: list[Source] = Field(min_length=1)
+
+    @field_validator("sources")
+    @classmethod
+    def _unique_names(cls, sources: list[Source]) -> list[Source]:
+        names = [s.name for s in sources]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"source names must be unique; repeated: {', '.join(dupes)}")
+        return sources
+
+
+class DownloadParams(Strict):
+    retries: int = Field(default=5, ge=0, description="extra attempts per file after a failure")
+    backoff_s: float = Field(default=1.0, ge=0, description="first retry delay; doubles each time")
+    timeout_s: float = Field(default=60.0, gt=0, description="per-request connect/read timeout")
+    seed: int = Field(default=42, description="seed for builtin corpus sampling")
+
+
+class TokenizerParams(TokenizerConfig):
+    """tokenizer: the BPE knobs of minimind.tokenizer plus what text it learns from."""
+
+    max_train_chars: int = Field(default=200_000_000, ge=1000, description="training text cap")
+    include_sft: bool = Field(default=True, description="also learn from SFT dialogue text")
+
+
+class Params(Strict):
+    data: DataParams
+    download: DownloadParams = DownloadParams()
+    clean: CleanConfig = CleanConfig()
+    tokenizer: TokenizerParams = TokenizerParams()
+
+
+class ParamsError(ValueError):
+    """Invalid params.yaml; the message lists one `key: problem` line per error."""
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _describe(error: dict[str, Any]) -> str:
+    """Turn one pydantic error into `key: what is wrong` in plain words."""
+    kind, value, ctx = error["type"], error.get("input"), error.get("ctx", {})
+    # Validators on a model (not a field) report the model's location; keep their own message.
+    loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    key = _dotted(loc) or "params.yaml"
+    plain = {
+        "extra_forbidden": "unknown key",
+        "missing": "is required",
+        "float_parsing": f"{value!r} is not a number",
+        "float_type": f"{value!r} is not a number",
+        "int_parsing": f"{value!r} is not an integer",
+        "int_type": f"{value!r} is not an integer",
+        "int_from_float": f"{value!r} is not an integer",
+        "bool_parsing": f"{value!r} is not true/false",
+        "bool_type": f"{value!r} is not true/false",
+        "string_type": f"{value!r} is not a string",
+        "literal_error": f"{value!r} is not one of {ctx.get('expected')}",
+        "greater_than": f"{value!r} must be > {ctx.get('gt')}",
+        "greater_than_equal": f"{value!r} must be >= {ctx.get('ge')}",
+        "less_than": f"{value!r} must be < {ctx.get('lt')}",
+        "less_than_equal": f"{value!r} must be <= {ctx.get('le')}",
+        "string_pattern_mismatch": f"{value!r} does not match {ctx.get('pattern')}",
+        "too_short": "must not be empty",
+    }
+    if kind in plain:
+        return f"{key}: {plain[kind]}"
+    message = re.sub(r"^(Value|Assertion) error, ", "", error["msg"])
+    return f"{key}: {message}"
+
+
+def validate_params(raw: dict[str, Any], origin: str = "params.yaml") -> Params:
+    """Validate a params mapping; raise ParamsError naming every bad key."""
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{origin}: top level must be a mapping, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        lines = [_describe(e) for e in exc.errors()]
+        raise ParamsError(f"{origin} is invalid:\n  " + "\n  ".join(lines)) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate params.yaml."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: file not found") from None
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    return validate_params(raw or {}, origin=str(path))
+
+
+def select(params: Params, keys: list[str]) -> dict[str, Any]:
+    """The values of dotted params keys (as DVC lists them in dvc.yaml), as plain data."""
+    dumped = params.model_dump(mode="json")
+    out: dict[str, Any] = {}
+    for key in keys:
+        value: Any = dumped
+        for part in key.split("."):
+            value = value[part]
+        out[key] = value
+    return out
+
+
+def params_hash(values: dict[str, Any]) -> str:
+    """Stable hash of a params selection: the identity used for checkpoints and run grouping."""
+    canonical = json.dumps(values, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Flatten nested params to `a.b.c` -> str, the shape MLflow params want."""
+    flat: dict[str, str] = {}
+    for key, value in values.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict):
+            flat.update(flatten(value, name))
+        elif isinstance(value, list):
+            flat.update(flatten({str(i): v for i, v in enumerate(value)}, name))
+        else:
+            flat[name] = json.dumps(value) if not isinstance(value, str) else value
+    return flat

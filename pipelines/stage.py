@@ -1,0 +1,113 @@
+"""The one entry point every `stages/<name>.py` goes through.
+
+It keeps stage modules thin: parse the command line, validate all of params.yaml before any
+work, open the stage's MLflow run (params, lineage tags), time the body, write the run id
+beside each output directory, and print where the outputs and the run are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pipelines.params import Params
+    from pipelines.provenance import StageSpec
+    from pipelines.tracking import StageRun
+
+RUN_INFO_FILE = "mlflow_run.json"
+
+
+@dataclass
+class StageContext:
+    """What a stage body gets: validated params, its dvc.yaml entry, and its tracking run."""
+
+    name: str
+    root: Path
+    params: Params
+    spec: StageSpec
+    run: StageRun
+    params_hash: str
+
+    def path(self, relative: str | Path) -> Path:
+        return self.root / relative
+
+    def write_metrics(self, relative: str | Path, metrics: dict[str, Any]) -> None:
+        """Write a DVC metrics JSON file and log its numeric leaves to MLflow."""
+        from pipelines.atomic import write_json
+        from pipelines.params import flatten
+
+        write_json(self.path(relative), metrics)
+        numeric: dict[str, float] = {}
+        for key, value in flatten(metrics).items():
+            try:
+                numeric[key] = float(value)
+            except ValueError:
+                continue
+        self.run.log_metrics(numeric)
+
+
+def _parser(name: str, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"python -m stages.{name}", description=description)
+    parser.add_argument("--params", default="params.yaml",
+                        help="params file (default: %(default)s)")
+    parser.add_argument("--root", default=".", help="project root holding dvc.yaml (default: .)")
+    return parser
+
+
+def run_stage(name: str, body: Callable[[StageContext], None], description: str,
+              argv: list[str] | None = None) -> None:
+    """Run one pipeline stage: validate, track, time, report. Exits non-zero on bad params."""
+    args = _parser(name, description).parse_args(argv)
+    from pipelines.atomic import write_json
+    from pipelines.params import ParamsError, flatten, load_params, params_hash, select
+    from pipelines.provenance import dep_hashes, git_state, read_stage_spec
+    from pipelines.tracking import StageRun
+
+    root = Path(args.root).resolve()
+    try:
+        params = load_params(root / args.params)
+    except ParamsError as exc:
+        sys.exit(f"stage {name}: {exc}")
+    spec = read_stage_spec(name, root)
+    own = select(params, spec.params)
+    git = git_state(root)
+    pipeline_key = f"{git['commit'][:12]}-{params_hash(params.model_dump(mode='json'))[:16]}"
+    run = StageRun(root, name, offline_dir=root / ".cache" / "mlflow-offline")
+    own_hash = params_hash(own)
+    tags = {"git.commit": git["commit"], "git.dirty": git["dirty"], "params.hash": own_hash}
+    tags.update({f"dvc.dep.{dep}": md5 for dep, md5 in dep_hashes(spec, root).items()})
+    run.start(pipeline_key, flatten(own), tags)
+    print(f"[{name}] started; MLflow: {_where(run)}", flush=True)
+
+    ctx = StageContext(name=name, root=root, params=params, spec=spec, run=run,
+                       params_hash=own_hash)
+    started = time.perf_counter()
+    try:
+        body(ctx)
+    except BaseException:
+        run.end("FAILED" if not isinstance(sys.exc_info()[1], KeyboardInterrupt) else "KILLED")
+        raise
+    seconds = time.perf_counter() - started
+    run.log_metrics({"stage_seconds": seconds})
+    for out in spec.outs:
+        if (root / out).is_dir():
+            write_json(root / out / RUN_INFO_FILE, run.info())
+    run.end("FINISHED")
+    print(f"[{name}] done in {seconds:.1f}s; outputs: {', '.join(spec.outs + spec.metrics)}",
+          flush=True)
+    print(f"[{name}] MLflow: {_where(run)}", flush=True)
+
+
+def _where(run: StageRun) -> str:
+    info = run.info()
+    if info.get("run_id") is None:
+        return f"offline, logged to {os.path.relpath(info['offline_log'])}"
+    return (f"run {info['run_id']} in experiment {info['experiment_id']} at {info['tracking_uri']}"
+            " (browse: make mlflow-ui)")

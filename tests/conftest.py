@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.loopback import Loopback, serve
+
+REPO = Path(__file__).resolve().parent.parent
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+@pytest.fixture
+def loopback() -> Iterator[Loopback]:
+    state = Loopback()
+    server = serve(state)
+    yield state
+    server.shutdown()
+    server.server_close()

@@ -1,0 +1,142 @@
+"""Real `dvc repro` in a temporary copy of the project: what runs, is skipped, lands in MLflow."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+PROJECT_FILES = ["dvc.yaml", "params.yaml", "pyproject.toml", ".dvcignore", ".gitignore",
+                 ".dvc/config", ".dvc/.gitignore"]
+PROJECT_DIRS = ["minimind", "stages", "pipelines", "presets"]
+
+
+def copy_project(dest: Path) -> None:
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in PROJECT_DIRS:
+        shutil.copytree(REPO / name, dest / name, ignore=ignore)
+    for name in PROJECT_FILES:
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / name, dest / name)
+
+
+def run(cmd: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, f"{cmd} failed:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def executed(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+def set_param(root: Path, path: str, value: object) -> None:
+    params_file = root / "params.yaml"
+    raw = yaml.safe_load(params_file.read_text(encoding="utf-8"))
+    *parents, last = path.split(".")
+    node = raw
+    for part in parents:
+        node = node[part]
+    node[last] = value
+    params_file.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("project")
+    copy_project(root)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
+               DVC_NO_ANALYTICS="1", MLFLOW_DISABLE_TELEMETRY="true",
+               GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
+               GIT_COMMITTER_EMAIL="t@t")
+    run([sys.executable, "-m", "pipelines.presets", "apply", "tiny-test"], root, env)
+    run(["git", "init", "-q"], root, env)
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-qm", "tiny project"], root, env)
+    dvc = [str(Path(sys.executable).parent / "dvc"), "repro"]
+    return root, env, dvc
+
+
+def test_repro_reruns_exactly_what_changed(project) -> None:
+    root, env, dvc = project
+
+    first = run(dvc, root, env)
+    assert executed(first.stdout) == {"download", "clean", "tokenizer"}, first.stdout
+
+    started = time.perf_counter()
+    second = run(dvc, root, env)
+    noop_seconds = time.perf_counter() - started
+    assert executed(second.stdout) == set(), second.stdout
+    assert noop_seconds < 3.0, f"no-op repro took {noop_seconds:.2f}s"
+
+    set_param(root, "clean.val_fraction", 0.2)
+    third = run(dvc, root, env)
+    assert executed(third.stdout) == {"clean", "tokenizer"}, third.stdout
+
+    set_param(root, "tokenizer.vocab_size", 1000)
+    fourth = run(dvc, root, env)
+    assert executed(fourth.stdout) == {"tokenizer"}, fourth.stdout
+
+    # The outputs are real: a loadable tokenizer, counted clean data, metrics for DVC.
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(root / "models" / "tokenizer")
+    assert len(tokenizer) == 1000
+    text = "测试 round trip: 你好, world! 🎉"
+    assert tokenizer.decode(tokenizer.encode(text, add_special_tokens=False)) == text
+    report = json.loads((root / "metrics" / "clean.json").read_text())
+    assert report["docs_out"] > 0 and report["records_in"] >= report["records_kept"]
+    shown = run([str(Path(sys.executable).parent / "dvc"), "metrics", "show", "--json"], root, env)
+    assert "bytes_per_token" in shown.stdout and "records_in" in shown.stdout
+
+    check_mlflow(root)
+
+
+def check_mlflow(root: Path) -> None:
+    """Six stage runs (3 + 2 + 1), each with its params, metrics and parent run."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("minimind-pipeline")
+    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+    stage_runs = [r for r in runs if "stage" in r.data.tags]
+    assert [r.data.tags["stage"] for r in stage_runs] == [
+        "download", "clean", "tokenizer", "clean", "tokenizer", "tokenizer"]
+    for r in stage_runs:
+        assert r.info.status == "FINISHED"
+        assert r.data.tags["mlflow.parentRunId"]
+        assert r.data.tags["git.commit"] != "unknown"
+        assert r.data.metrics["stage_seconds"] > 0
+        assert any(k.startswith("dvc.dep.") for k in r.data.tags)
+    download, clean, tokenizer, clean2, tokenizer2, tokenizer3 = stage_runs
+    assert "download.retries" in download.data.params
+    assert "data.sources.0.uri" in download.data.params
+    assert clean.data.params["clean.val_fraction"] == "0.1"
+    assert clean2.data.params["clean.val_fraction"] == "0.2"
+    assert tokenizer3.data.params["tokenizer.vocab_size"] == "1000"
+    assert clean.data.metrics["records_in"] > 0
+    assert tokenizer.data.metrics["vocab_size"] == 1200
+    # One parent per pipeline version (git commit + params): three versions, three parents.
+    parents = [r.data.tags["mlflow.parentRunId"] for r in stage_runs]
+    assert parents[0] == parents[1] == parents[2] != parents[3]
+    assert parents[3] == parents[4] != parents[5]
+    for parent_id in set(parents):
+        assert client.get_run(parent_id).data.tags["pipeline.role"] == "parent"
+    # Outputs point back at their run.
+    info = json.loads((root / "data" / "clean" / "mlflow_run.json").read_text())
+    assert info["run_id"] == clean2.info.run_id
+    info = json.loads((root / "models" / "tokenizer" / "mlflow_run.json").read_text())
+    assert info["run_id"] == tokenizer3.info.run_id
