@@ -70,6 +70,8 @@ def run_stage(name: str, body: Callable[[StageContext], None], description: str,
     from pipelines.provenance import dep_hashes, git_state, read_stage_spec
     from pipelines.tracking import StageRun
 
+    if not sys.stderr.isatty():  # progress bars in a log file: a line every 30 s, not a flood
+        os.environ.setdefault("TQDM_MININTERVAL", "30")
     root = Path(args.root).resolve()
     try:
         params = load_params(root / args.params)

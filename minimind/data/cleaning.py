@@ -87,12 +87,25 @@ def split_long_text(text: str, max_chars: int) -> list[str]:
     return [p.strip() for p in pieces if p.strip()]
 
 
-def _conversation_text(messages: list[dict[str, Any]]) -> str:
+def _dialogue_text(messages: list[dict[str, Any]]) -> str:
+    """What identifies a conversation for dedup and splitting: every turn but the system prompt.
+
+    System prompts are boilerplate shared by a whole dataset; left in, they dominate the
+    shingles and make different conversations look like near-duplicates.
+    """
     parts = []
     for m in messages:
+        if m["role"] == "system":
+            continue
         extra = " ".join(m.get(k, "") for k in ("reasoning_content", "tool_calls") if m.get(k))
         parts.append(f"{m['role']}: {m['content']} {extra}".rstrip())
     return "\n".join(parts)
+
+
+def _size(messages: list[dict[str, Any]]) -> int:
+    return sum(len(m["content"]) + sum(len(m.get(k, "")) for k in ("reasoning_content", "tools",
+                                                                   "tool_calls"))
+               for m in messages)
 
 
 def _spoken_text(messages: list[dict[str, Any]]) -> str:
@@ -175,19 +188,19 @@ class Cleaner:
                         origin if len(pieces) == 1 else f"{origin}#{i}")
                     for i, p in enumerate(pieces)]
         if kind == "sft":
-            messages = record["conversations"]
-            text = _conversation_text(messages)
-            columns = {"conversations": json.dumps(messages, ensure_ascii=False)}
-            lang_text = _spoken_text(messages)
+            turns = [record["conversations"]]
+            text = _dialogue_text(record["conversations"])
+            columns = {"conversations": json.dumps(record["conversations"], ensure_ascii=False)}
         else:
-            text = _conversation_text(record["chosen"]) + "\n" + _conversation_text(
-                record["rejected"][-1:])
+            turns = [record["chosen"], record["rejected"][-1:]]
+            text = _dialogue_text(record["chosen"]) + "\n" + _dialogue_text(record["rejected"][-1:])
             columns = {key: json.dumps(record[key], ensure_ascii=False)
                        for key in ("chosen", "rejected")}
-            lang_text = _spoken_text(record["chosen"])
-        if len(text) > self.config.max_conversation_chars:
-            raise SchemaError("too_long", f"{len(text)} chars > max_conversation_chars "
+        size = sum(_size(messages) for messages in turns)
+        if size > self.config.max_conversation_chars:
+            raise SchemaError("too_long", f"{size} chars > max_conversation_chars "
                                           f"{self.config.max_conversation_chars}")
+        lang_text = _spoken_text(turns[0])
         return [Doc(columns, text, detect_lang(lang_text), origin)]
 
     def _keep(self, kind: str, source: str, doc: Doc) -> bool:
