@@ -18,7 +18,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from minimind.data.cleaning import CleanConfig
+from minimind.data.pretrain_tokens import PretrainTokensConfig
+from minimind.data.sft_tokens import SFTTokensConfig
+from minimind.generation import SamplingConfig
+from minimind.lora import LoRAConfig
+from minimind.model.config import ModelParams
 from minimind.tokenizer import TokenizerConfig
+from pipelines.training import TrainingStageParams
 
 Kind = Literal["pretrain", "sft", "dpo", "vlm", "omni"]
 URI_SCHEMES = ("hf://", "https://", "http://", "file://", "builtin:")
@@ -92,11 +98,47 @@ class TokenizerParams(TokenizerConfig):
     include_sft: bool = Field(default=True, description="also learn from SFT dialogue text")
 
 
+class TokenizeParams(Strict):
+    """tokenize: how clean text becomes training tokens."""
+
+    pretrain: PretrainTokensConfig = PretrainTokensConfig()
+    sft: SFTTokensConfig = SFTTokensConfig()
+
+
+class PretrainParams(TrainingStageParams):
+    """pretrain: causal-LM training from scratch on the token shards."""
+
+
+class SFTParams(TrainingStageParams):
+    """sft: chat fine-tuning, optionally with LoRA."""
+
+    lora: LoRAConfig = LoRAConfig()
+    sampling: SamplingConfig = SamplingConfig()
+
+
 class Params(Strict):
     data: DataParams
     download: DownloadParams = DownloadParams()
     clean: CleanConfig = CleanConfig()
     tokenizer: TokenizerParams = TokenizerParams()
+    tokenize: TokenizeParams = TokenizeParams()
+    model: ModelParams = ModelParams()
+    pretrain: PretrainParams
+    sft: SFTParams
+
+    @model_validator(mode="after")
+    def _sections_agree(self) -> Params:
+        """Cross-section rules: each names the keys involved."""
+        if self.sft.seq_len < self.tokenize.sft.max_len:
+            raise ValueError(f"sft.seq_len ({self.sft.seq_len}) must be >= tokenize.sft.max_len "
+                             f"({self.tokenize.sft.max_len}): packed rows hold whole conversations")
+        positions = self.model.to_config().max_position_embeddings
+        for section in ("pretrain", "sft"):
+            seq_len = getattr(self, section).seq_len
+            if seq_len > positions:
+                raise ValueError(f"{section}.seq_len ({seq_len}) exceeds the model's "
+                                 f"max_position_embeddings ({positions})")
+        return self
 
 
 class ParamsError(ValueError):

@@ -26,6 +26,7 @@ class StageSpec:
     deps: list[str]
     outs: list[str]
     metrics: list[str] = field(default_factory=list)
+    persistent: list[str] = field(default_factory=list)  # outs kept across runs (checkpoints)
 
 
 def _paths(entries: list[Any]) -> list[str]:
@@ -50,6 +51,8 @@ def read_stage_spec(name: str, root: Path) -> StageSpec:
         deps=_paths(spec.get("deps", [])),
         outs=_paths(spec.get("outs", [])),
         metrics=_paths(spec.get("metrics", [])),
+        persistent=[next(iter(e)) for e in spec.get("outs", [])
+                    if isinstance(e, dict) and next(iter(e.values())).get("persist")],
     )
 
 

@@ -8,7 +8,9 @@ beside each output directory, and print where the outputs and the run are.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -34,9 +36,14 @@ class StageContext:
     spec: StageSpec
     run: StageRun
     params_hash: str
+    identity: str  # hash of own params + input hashes: keys checkpoints, so stale ones never load
 
     def path(self, relative: str | Path) -> Path:
         return self.root / relative
+
+    def checkpoint_dir(self) -> Path:
+        """checkpoints/<stage>/<identity>/: a rerun with the same params and inputs resumes."""
+        return self.root / "checkpoints" / self.name / self.identity[:16]
 
     def write_metrics(self, relative: str | Path, metrics: dict[str, Any]) -> None:
         """Write a DVC metrics JSON file and log its numeric leaves to MLflow."""
@@ -61,17 +68,29 @@ def _parser(name: str, description: str) -> argparse.ArgumentParser:
     return parser
 
 
+WORKER_ENV = "MINIMIND_STAGE_RUN"  # set for torchrun workers: the launcher's run, as JSON
+
+
 def run_stage(name: str, body: Callable[[StageContext], None], description: str,
-              argv: list[str] | None = None) -> None:
-    """Run one pipeline stage: validate, track, time, report. Exits non-zero on bad params."""
+              argv: list[str] | None = None,
+              processes: Callable[[Params], int] | None = None) -> None:
+    """Run one pipeline stage: validate, track, time, report. Exits non-zero on bad params.
+
+    `processes(params)` > 1 makes this process a launcher: it owns the MLflow run and starts
+    the stage again under torchrun; the workers run `body` and rank 0 logs into the same run.
+    """
     args = _parser(name, description).parse_args(argv)
+    if not sys.stderr.isatty():  # progress bars in a log file: a line every 30 s, not a flood
+        os.environ.setdefault("TQDM_MININTERVAL", "30")  # (read when tqdm is first imported)
+    import logging
+
     from pipelines.atomic import write_json
     from pipelines.params import ParamsError, flatten, load_params, params_hash, select
     from pipelines.provenance import dep_hashes, git_state, read_stage_spec
     from pipelines.tracking import StageRun
 
-    if not sys.stderr.isatty():  # progress bars in a log file: a line every 30 s, not a flood
-        os.environ.setdefault("TQDM_MININTERVAL", "30")
+    logging.basicConfig(level=logging.WARNING, format=f"[{name}] %(message)s")
+    logging.getLogger("minimind").setLevel(logging.INFO)  # ours at INFO, libraries' warnings only
     root = Path(args.root).resolve()
     try:
         params = load_params(root / args.params)
@@ -79,32 +98,58 @@ def run_stage(name: str, body: Callable[[StageContext], None], description: str,
         sys.exit(f"stage {name}: {exc}")
     spec = read_stage_spec(name, root)
     own = select(params, spec.params)
+    deps = dep_hashes(spec, root)
+    identity = params_hash({"params": own, "deps": deps})
+    offline_dir = root / ".cache" / "mlflow-offline"
+
+    def context(run: StageRun) -> StageContext:
+        return StageContext(name=name, root=root, params=params, spec=spec, run=run,
+                            params_hash=params_hash(own), identity=identity)
+
+    if WORKER_ENV in os.environ:  # a torchrun worker: rank 0 logs into the launcher's run
+        run = StageRun.attach(root, name, json.loads(os.environ[WORKER_ENV]), offline_dir,
+                              muted=int(os.environ.get("RANK", "0")) != 0)
+        body(context(run))
+        return
+
     git = git_state(root)
     pipeline_key = f"{git['commit'][:12]}-{params_hash(params.model_dump(mode='json'))[:16]}"
-    run = StageRun(root, name, offline_dir=root / ".cache" / "mlflow-offline")
-    own_hash = params_hash(own)
-    tags = {"git.commit": git["commit"], "git.dirty": git["dirty"], "params.hash": own_hash}
-    tags.update({f"dvc.dep.{dep}": md5 for dep, md5 in dep_hashes(spec, root).items()})
+    run = StageRun(root, name, offline_dir=offline_dir)
+    tags = {"git.commit": git["commit"], "git.dirty": git["dirty"],
+            "params.hash": params_hash(own), "stage.identity": identity}
+    tags.update({f"dvc.dep.{dep}": md5 for dep, md5 in deps.items()})
     run.start(pipeline_key, flatten(own), tags)
     print(f"[{name}] started; MLflow: {_where(run)}", flush=True)
-
-    ctx = StageContext(name=name, root=root, params=params, spec=spec, run=run,
-                       params_hash=own_hash)
+    nproc = processes(params) if processes is not None else 1
     started = time.perf_counter()
     try:
-        body(ctx)
-    except BaseException:
-        run.end("FAILED" if not isinstance(sys.exc_info()[1], KeyboardInterrupt) else "KILLED")
+        if nproc > 1:
+            _launch_workers(name, nproc, args, root, run)
+        else:
+            body(context(run))
+    except BaseException as exc:
+        run.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
     seconds = time.perf_counter() - started
     run.log_metrics({"stage_seconds": seconds})
     for out in spec.outs:
-        if (root / out).is_dir():
+        if (root / out).is_dir() and out not in spec.persistent:
             write_json(root / out / RUN_INFO_FILE, run.info())
     run.end("FINISHED")
     print(f"[{name}] done in {seconds:.1f}s; outputs: {', '.join(spec.outs + spec.metrics)}",
           flush=True)
     print(f"[{name}] MLflow: {_where(run)}", flush=True)
+
+
+def _launch_workers(name: str, nproc: int, args: argparse.Namespace, root: Path,
+                    run: StageRun) -> None:
+    """Run the stage in `nproc` processes under torchrun (DDP: gloo on CPU, nccl on GPU)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={nproc}", "-m", f"stages.{name}",
+               "--params", args.params, "--root", str(root)]
+    print(f"[{name}] launching {nproc} processes: {' '.join(command[1:])}", flush=True)
+    env = {**os.environ, WORKER_ENV: json.dumps(run.info())}
+    subprocess.run(command, cwd=root, env=env, check=True)
 
 
 def _where(run: StageRun) -> str:

@@ -47,9 +47,10 @@ def _server_is_up(uri: str) -> bool:
 class StageRun:
     """The tracking handle a stage logs through; MLflow-backed, or a local log after a failure."""
 
-    def __init__(self, root: Path, stage: str, offline_dir: Path) -> None:
+    def __init__(self, root: Path, stage: str, offline_dir: Path, muted: bool = False) -> None:
         self.root = root
         self.stage = stage
+        self.muted = muted  # torchrun ranks other than 0 log nothing
         self.run_id: str | None = None
         self.parent_run_id: str | None = None
         self.experiment_id: str | None = None
@@ -58,6 +59,24 @@ class StageRun:
         self._client: Any = None
 
     # -- lifecycle -----------------------------------------------------------------------
+    @classmethod
+    def attach(cls, root: Path, stage: str, info: dict[str, Any], offline_dir: Path,
+               muted: bool = False) -> StageRun:
+        """Log into a run another process started (the torchrun launcher's)."""
+        run = cls(root, stage, offline_dir, muted=muted)
+        if muted:
+            return run
+        if info.get("run_id") is None:
+            run.offline_log = Path(info["offline_log"])
+            return run
+        configure_environment()
+        from mlflow.tracking import MlflowClient
+
+        run.uri, run.run_id = info["tracking_uri"], info["run_id"]
+        run.experiment_id, run.parent_run_id = info["experiment_id"], info["parent_run_id"]
+        run._client = MlflowClient(tracking_uri=run.uri)
+        return run
+
     def start(self, pipeline_key: str, params: dict[str, str], tags: dict[str, str]) -> None:
         """Create the stage run under the pipeline's parent run."""
         configure_environment()

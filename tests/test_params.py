@@ -45,6 +45,9 @@ def test_project_params_are_valid() -> None:
 
 @pytest.mark.parametrize(("path", "value", "message"), [
     ("download.backoff_s", "fast", "download.backoff_s: 'fast' is not a number"),
+    ("sft.train.lr", "fast", "sft.train.lr: 'fast' is not a number"),
+    ("pretrain.train.warmup_steps", -1, "pretrain.train.warmup_steps: -1 must be >= 0"),
+    ("sft.lora.rank", 0, "sft.lora.rank: 0 must be >= 1"),
     ("tokenizer.vocab_size", "big", "tokenizer.vocab_size: 'big' is not an integer"),
     ("tokenizer.vocab_size", 100, "tokenizer.vocab_size: 100 must be >= 271"),
     ("clean.val_fraction", 1.5, "clean.val_fraction: 1.5 must be < 1"),
@@ -73,8 +76,14 @@ def test_structural_mistakes() -> None:
     assert "limit applies to builtin: sources only" in error_of(raw)
     raw = with_change("data.sources.0", {"name": "x", "uri": "builtin:zh_news", "kind": "sft"})
     assert "holds 'pretrain' records, not 'sft'" in error_of(raw)
-    raw = with_change("sft", {"lr": 1})
-    assert "sft: unknown key" in error_of(raw)
+    raw = with_change("sfft", {"lr": 1})
+    assert "sfft: unknown key" in error_of(raw)
+    raw = with_change("sft.seq_len", 256)
+    assert "sft.seq_len (256) must be >= tokenize.sft.max_len (1024)" in error_of(raw)
+    raw = with_change("pretrain.seq_len", 100_000)
+    assert "pretrain.seq_len (100000) exceeds the model's max_position_embeddings" in error_of(raw)
+    raw = with_change("model.preset", "huge")
+    assert "model: " in error_of(raw) and "huge" in error_of(raw)
 
 
 def test_every_error_is_reported_at_once() -> None:

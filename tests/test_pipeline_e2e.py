@@ -3,91 +3,41 @@
 from __future__ import annotations
 
 import json
-import os
-import re
-import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.conftest import REPO
+from tests.project import DVC, executed, make_project, run, set_param, stage_env
 
 pytestmark = pytest.mark.slow
-
-PROJECT_FILES = ["dvc.yaml", "params.yaml", "pyproject.toml", ".dvcignore", ".gitignore",
-                 ".dvc/config", ".dvc/.gitignore"]
-PROJECT_DIRS = ["minimind", "stages", "pipelines", "presets"]
-
-
-def copy_project(dest: Path) -> None:
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for name in PROJECT_DIRS:
-        shutil.copytree(REPO / name, dest / name, ignore=ignore)
-    for name in PROJECT_FILES:
-        (dest / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(REPO / name, dest / name)
-
-
-def run(cmd: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, f"{cmd} failed:\n{result.stdout}\n{result.stderr}"
-    return result
-
-
-def executed(output: str) -> set[str]:
-    return set(re.findall(r"Running stage '([^']+)'", output))
-
-
-def set_param(root: Path, path: str, value: object) -> None:
-    params_file = root / "params.yaml"
-    raw = yaml.safe_load(params_file.read_text(encoding="utf-8"))
-    *parents, last = path.split(".")
-    node = raw
-    for part in parents:
-        node = node[part]
-    node[last] = value
-    params_file.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
-
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("project")
-    copy_project(root)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
-               DVC_NO_ANALYTICS="1", MLFLOW_DISABLE_TELEMETRY="true",
-               GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
-               GIT_COMMITTER_EMAIL="t@t")
-    run([sys.executable, "-m", "pipelines.presets", "apply", "tiny-test"], root, env)
-    run(["git", "init", "-q"], root, env)
-    run(["git", "add", "-A"], root, env)
-    run(["git", "commit", "-qm", "tiny project"], root, env)
-    dvc = [str(Path(sys.executable).parent / "dvc"), "repro"]
-    return root, env, dvc
+    env = stage_env()
+    make_project(root, env)
+    return root, env, [DVC, "repro"]
 
 
-def test_repro_reruns_exactly_what_changed(project) -> None:
+def test_data_stages_rerun_exactly_what_changed(project) -> None:
     root, env, dvc = project
 
-    first = run(dvc, root, env)
+    first = run([*dvc, "tokenizer"], root, env)
     assert executed(first.stdout) == {"download", "clean", "tokenizer"}, first.stdout
 
     started = time.perf_counter()
-    second = run(dvc, root, env)
+    second = run([*dvc, "tokenizer"], root, env)
     noop_seconds = time.perf_counter() - started
     assert executed(second.stdout) == set(), second.stdout
     assert noop_seconds < 3.0, f"no-op repro took {noop_seconds:.2f}s"
 
     set_param(root, "clean.val_fraction", 0.2)
-    third = run(dvc, root, env)
+    third = run([*dvc, "tokenizer"], root, env)
     assert executed(third.stdout) == {"clean", "tokenizer"}, third.stdout
 
     set_param(root, "tokenizer.vocab_size", 1000)
-    fourth = run(dvc, root, env)
+    fourth = run([*dvc, "tokenizer"], root, env)
     assert executed(fourth.stdout) == {"tokenizer"}, fourth.stdout
 
     # The outputs are real: a loadable tokenizer, counted clean data, metrics for DVC.
@@ -99,10 +49,28 @@ def test_repro_reruns_exactly_what_changed(project) -> None:
     assert tokenizer.decode(tokenizer.encode(text, add_special_tokens=False)) == text
     report = json.loads((root / "metrics" / "clean.json").read_text())
     assert report["docs_out"] > 0 and report["records_in"] >= report["records_kept"]
-    shown = run([str(Path(sys.executable).parent / "dvc"), "metrics", "show", "--json"], root, env)
+    shown = run([DVC, "metrics", "show", "--json"], root, env)
     assert "bytes_per_token" in shown.stdout and "records_in" in shown.stdout
 
     check_mlflow(root)
+
+
+def test_training_stages_rerun_exactly_what_changed(project) -> None:
+    root, env, dvc = project
+    first = run(dvc, root, env)  # the data half is up to date: only the training half runs
+    assert executed(first.stdout) == {"tokenize", "pretrain", "sft"}, first.stdout
+    pretrain = json.loads((root / "metrics" / "pretrain.json").read_text())
+    sft = json.loads((root / "metrics" / "sft.json").read_text())
+    assert pretrain["val_loss"] < pretrain["unigram_entropy"]
+    assert sft["val_loss"] < sft["val_loss_before"]
+
+    assert executed(run(dvc, root, env).stdout) == set()
+    set_param(root, "pretrain.train.lr", 0.002)
+    assert executed(run(dvc, root, env).stdout) == {"pretrain", "sft"}
+    set_param(root, "sft.train.lr", 0.0005)
+    assert executed(run(dvc, root, env).stdout) == {"sft"}
+    # Finished runs leave one checkpoint folder per stage: the current params' one.
+    assert len(list((root / "checkpoints" / "pretrain").iterdir())) == 1
 
 
 def check_mlflow(root: Path) -> None:

@@ -90,7 +90,8 @@ def fetch_url(url: str, dest: Path, *, cache_dir: Path, sha256: str | None = Non
             break
         except _Retryable as exc:
             if attempt == retries:
-                raise DownloadError(f"{url}: giving up after {retries + 1} attempts: {exc}") from None
+                message = f"{url}: giving up after {retries + 1} attempts: {exc}"
+                raise DownloadError(message) from None
             delay = backoff_s * 2**attempt
             tqdm.write(f"{url}: {exc}; retrying in {delay:.1f}s ({attempt + 1}/{retries})")
             time.sleep(delay)

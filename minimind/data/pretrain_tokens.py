@@ -22,10 +22,13 @@ import json
 from collections.abc import Iterable, Iterator
 from itertools import islice
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
-from transformers import PreTrainedTokenizerBase
+
+if TYPE_CHECKING:  # keeps `import` of this module (and params validation) light
+    from transformers import PreTrainedTokenizerBase
 
 TOKEN_DTYPE = np.uint16
 DOCUMENT_SEPARATOR = "<|endoftext|>"
@@ -212,3 +215,19 @@ class PretrainDataset:
             if shard_start + len(shard) >= stop:
                 break
         return np.concatenate(pieces).astype(np.int64)
+
+
+def unigram_entropy(tokens_dir: str | Path) -> float:
+    """Entropy (nats/token) of the corpus's unigram distribution over its token shards.
+
+    The loss a model reaches by predicting token frequencies alone: the bar any real language
+    model must clear by a wide margin.
+    """
+    tokens_dir = Path(tokens_dir)
+    index = read_index(tokens_dir)
+    counts = np.zeros(index["vocab_size"], dtype=np.int64)
+    for shard in index["shards"]:
+        tokens = np.memmap(tokens_dir / shard["tokens_file"], dtype=index["dtype"], mode="r")
+        counts += np.bincount(tokens, minlength=len(counts))[: len(counts)]
+    probs = counts[counts > 0] / counts.sum()
+    return float(-(probs * np.log(probs)).sum())

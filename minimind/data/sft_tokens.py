@@ -20,10 +20,13 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
-from transformers import PreTrainedTokenizerBase
+
+if TYPE_CHECKING:  # keeps `import` of this module (and params validation) light
+    from transformers import PreTrainedTokenizerBase
 
 from minimind.data.pretrain_tokens import (
     DOCUMENT_SEPARATOR,

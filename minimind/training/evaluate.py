@@ -1,0 +1,48 @@
+"""Held-out loss: the number every training stage reports and every comparison rests on."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from minimind.data.batches import eval_batches
+from minimind.data.pretrain_tokens import Row
+
+
+@torch.no_grad()
+def mean_token_loss(model: nn.Module, rows: Sequence[Row], batch_size: int,
+                    max_rows: int | None = None) -> float:
+    """Cross-entropy per loss token (nats) over held-out rows, in a fixed order.
+
+    With `max_rows`, the rows are spread evenly over the whole set (not the first ones: stored
+    order groups sources, and the first source alone is not the held-out distribution). Summed
+    over tokens then divided once, so rows with many loss tokens weigh more — the same
+    per-token average the training loss uses. Only tokens whose label is not -100 count (for
+    SFT: assistant tokens only).
+    """
+    if max_rows is not None and max_rows < len(rows):
+        picks = np.linspace(0, len(rows) - 1, max_rows).round().astype(int)
+        rows = [rows[int(i)] for i in picks]
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total, tokens = 0.0, 0
+    for batch in eval_batches(rows, batch_size):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        labels = batch.pop("labels")[:, 1:]
+        count = int((labels != -100).sum())
+        if count == 0:
+            continue
+        # Cross-entropy from the logits, not `output.loss`: an MoE model adds its router
+        # balance loss there, which is a training regulariser, not a property of the text.
+        logits = model(**batch).logits[:, :-1].float()
+        total += float(F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="sum"))
+        tokens += count
+    model.train(was_training)
+    if tokens == 0:
+        raise ValueError("no loss tokens in the held-out rows")
+    return total / tokens
