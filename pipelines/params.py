@@ -18,8 +18,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from minimind.data.cleaning import CleanConfig
+from minimind.data.dpo_tokens import DPOTokensConfig
 from minimind.data.pretrain_tokens import PretrainTokensConfig
 from minimind.data.sft_tokens import SFTTokensConfig
+from minimind.dpo import DPOConfig
+from minimind.export import ExportParams
 from minimind.generation import SamplingConfig
 from minimind.lora import LoRAConfig
 from minimind.model.config import ModelParams
@@ -103,17 +106,46 @@ class TokenizeParams(Strict):
 
     pretrain: PretrainTokensConfig = PretrainTokensConfig()
     sft: SFTTokensConfig = SFTTokensConfig()
+    dpo: DPOTokensConfig = DPOTokensConfig()
 
 
 class PretrainParams(TrainingStageParams):
     """pretrain: causal-LM training from scratch on the token shards."""
 
+    seq_len: int = Field(ge=16, description="tokens per training row")
+    eval_rows: int = Field(default=256, ge=1, description="held-out rows per evaluation")
+
 
 class SFTParams(TrainingStageParams):
     """sft: chat fine-tuning, optionally with LoRA."""
 
+    seq_len: int = Field(ge=16, description="tokens per packed row")
+    eval_rows: int = Field(default=256, ge=1, description="held-out rows per evaluation")
+
     lora: LoRAConfig = LoRAConfig()
     sampling: SamplingConfig = SamplingConfig()
+
+
+class DPOParams(TrainingStageParams, DPOConfig):
+    """dpo: preference optimisation of the SFT model against itself as frozen reference."""
+
+
+class EvalParams(Strict):
+    """eval: how much held-out data each measurement uses."""
+
+    docs_per_group: int = Field(default=32, ge=1, description="held-out docs per source/language")
+    max_tokens: int = Field(default=256, ge=2, description="tokens scored per document")
+    questions: int = Field(default=100, ge=2, description="held-out multiple-choice questions")
+    choices: int = Field(default=4, ge=2, description="candidates per question (chance = 1/n)")
+    batch_size: int = Field(default=8, ge=1)
+    seed: int = 0
+    sampling: SamplingConfig = SamplingConfig(prompts=4)
+
+
+class ExportStageParams(ExportParams):
+    """export: formats (from minimind.export) plus where the MLflow model is registered."""
+
+    registered_model_name: str = Field(default="minimind-text", min_length=1)
 
 
 class Params(Strict):
@@ -125,6 +157,9 @@ class Params(Strict):
     model: ModelParams = ModelParams()
     pretrain: PretrainParams
     sft: SFTParams
+    dpo: DPOParams
+    eval: EvalParams = EvalParams()
+    export: ExportStageParams = ExportStageParams()
 
     @model_validator(mode="after")
     def _sections_agree(self) -> Params:

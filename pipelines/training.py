@@ -17,9 +17,7 @@ class TrainingStageParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    seq_len: int = Field(ge=16, description="tokens per training row")
     nproc: int = Field(default=1, ge=1, description="processes; > 1 runs under torchrun (DDP)")
-    eval_rows: int = Field(default=256, ge=1, description="held-out rows per evaluation")
     train: TrainConfig
 
 

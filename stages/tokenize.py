@@ -2,7 +2,8 @@
 
 Pretrain text becomes packed uint16 token shards with document boundaries
 (data/tokens/pretrain/<split>/); SFT conversations are rendered with the chat template and
-stored with assistant-only loss masks (data/tokens/sft/<split>/). metrics/tokenize.json holds
+stored with assistant-only loss masks (data/tokens/sft/<split>/); preference pairs keep a mask
+over each side's final answer (data/tokens/dpo/<split>/). metrics/tokenize.json holds
 token counts and the pretrain corpus's unigram entropy, the baseline pretrain loss must beat.
 """
 
@@ -35,9 +36,17 @@ def conversations(clean_dir: Path, split: str) -> Iterator[list[dict]]:
         yield json.loads(row["conversations"])
 
 
+def preference_pairs(clean_dir: Path, split: str) -> Iterator[tuple[list[dict], list[dict]]]:
+    from minimind.data.shards import iter_rows, shard_paths
+
+    for row in iter_rows(shard_paths(clean_dir / "dpo", split), ["chosen", "rejected"]):
+        yield json.loads(row["chosen"]), json.loads(row["rejected"])
+
+
 def main(ctx: StageContext) -> None:
     from transformers import AutoTokenizer
 
+    from minimind.data.dpo_tokens import write_dpo_tokens
     from minimind.data.pretrain_tokens import unigram_entropy, write_pretrain_tokens
     from minimind.data.sft_tokens import write_sft_tokens
     from pipelines.atomic import atomic_dir
@@ -45,7 +54,7 @@ def main(ctx: StageContext) -> None:
     opts = ctx.params.tokenize
     clean_dir = ctx.path(CLEAN_DIR)
     tokenizer = AutoTokenizer.from_pretrained(ctx.path(TOKENIZER_DIR))
-    metrics: dict = {"pretrain": {}, "sft": {}}
+    metrics: dict = {"pretrain": {}, "sft": {}, "dpo": {}}
     with atomic_dir(ctx.path(TOKENS_DIR)) as out_dir:
         for split in SPLITS:
             metrics["pretrain"][split] = write_pretrain_tokens(
@@ -54,6 +63,9 @@ def main(ctx: StageContext) -> None:
             metrics["sft"][split] = write_sft_tokens(
                 conversations(clean_dir, split), tokenizer, out_dir / "sft" / split,
                 max_len=opts.sft.max_len)
+            metrics["dpo"][split] = write_dpo_tokens(
+                preference_pairs(clean_dir, split), tokenizer, out_dir / "dpo" / split,
+                max_len=opts.dpo.max_len)
         metrics["pretrain"]["unigram_entropy_nats"] = round(
             unigram_entropy(out_dir / "pretrain" / "train"), 4)
     ctx.write_metrics(METRICS, metrics)

@@ -58,19 +58,54 @@ def test_data_stages_rerun_exactly_what_changed(project) -> None:
 def test_training_stages_rerun_exactly_what_changed(project) -> None:
     root, env, dvc = project
     first = run(dvc, root, env)  # the data half is up to date: only the training half runs
-    assert executed(first.stdout) == {"tokenize", "pretrain", "sft"}, first.stdout
+    downstream = {"dpo", "eval", "export"}
+    assert executed(first.stdout) == {"tokenize", "pretrain", "sft"} | downstream, first.stdout
     pretrain = json.loads((root / "metrics" / "pretrain.json").read_text())
     sft = json.loads((root / "metrics" / "sft.json").read_text())
     assert pretrain["val_loss"] < pretrain["unigram_entropy"]
     assert sft["val_loss"] < sft["val_loss_before"]
+    dpo = json.loads((root / "metrics" / "dpo.json").read_text())
+    assert dpo["val_reward_accuracy_before"] == 0.5  # the SFT model is its own reference
+    evaluation = json.loads((root / "metrics" / "eval.json").read_text())
+    assert set(evaluation["perplexity"]) == {"pretrain", "sft", "dpo"}
+    assert "lang/zh" in evaluation["perplexity"]["pretrain"]
+    assert evaluation["qa_accuracy"]["sft"]["chance"] == 0.25
+    assert 0 <= evaluation["dpo_preference"]["reward_accuracy"] <= 1
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-qm", "trained"], root, env)
 
     assert executed(run(dvc, root, env).stdout) == set()
     set_param(root, "pretrain.train.lr", 0.002)
-    assert executed(run(dvc, root, env).stdout) == {"pretrain", "sft"}
+    assert executed(run(dvc, root, env).stdout) == {"pretrain", "sft"} | downstream
     set_param(root, "sft.train.lr", 0.0005)
-    assert executed(run(dvc, root, env).stdout) == {"sft"}
+    assert executed(run(dvc, root, env).stdout) == {"sft"} | downstream
     # Finished runs leave one checkpoint folder per stage: the current params' one.
     assert len(list((root / "checkpoints" / "pretrain").iterdir())) == 1
+    # DVC compares the new metrics with the committed ones.
+    diff = json.loads(run([DVC, "metrics", "diff", "--json"], root, env).stdout)
+    assert "metrics/eval.json" in diff and "metrics/sft.json" in diff
+    check_registered_model(root)
+
+
+def check_registered_model(root: Path) -> None:
+    """Each export registered a new version with lineage tags; the latest loads and generates."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    versions = client.search_model_versions("name = 'minimind-text'")
+    assert len(versions) == 3
+    latest = max(versions, key=lambda v: int(v.version))
+    assert latest.tags["git.commit"] != "unknown"
+    assert latest.tags["dvc.sft.models/sft"] and latest.tags["params.hash"]
+    exported = json.loads((root / "metrics" / "export.json").read_text())
+    assert exported["registered_version"] == int(latest.version)
+    assert exported["hf_max_logit_diff"] <= 1e-4
+    mlflow.set_tracking_uri(uri)
+    reply = mlflow.pyfunc.load_model(f"models:/minimind-text/{latest.version}").predict(
+        ["Hello there"])
+    assert isinstance(reply, list) and len(reply) == 1 and isinstance(reply[0], str)
 
 
 def check_mlflow(root: Path) -> None:

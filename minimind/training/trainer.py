@@ -255,12 +255,12 @@ class Trainer:
     """Trains `model` on `train_batches` for `config.max_steps` optimizer steps.
 
     `model(**batch, num_items_in_batch=N)` must return an object with `.loss` (sum of token
-    cross-entropy / N) and optionally `.aux_loss` and `.metrics`. An aux loss (MoE balance) is
-    only logged (its mean over forward passes): the model adds it into `.loss` weighted by the
-    batch's share of the N tokens, so that it too accumulates to a mean rather than a sum.
-    `.metrics` (name -> float or 0-d tensor, the same names on every forward) are logged as
-    their mean over the forward passes of the log window, on all ranks; the trainer's own
-    metrics (loss, lr, ...) win a name clash. Construction
+    cross-entropy, or of whatever `count_items` counts, / N) and optionally `.aux_loss` and
+    `.metrics`. An aux loss (MoE balance) is only logged (its mean over forward passes): the
+    model adds it into `.loss` weighted by the batch's share of the N tokens, so that it too
+    accumulates to a mean rather than a sum. `.metrics` (name -> float or 0-d tensor, the same
+    names on every forward) are logged as their mean over the forward passes of the log window
+    on all ranks; the trainer's own metrics (loss, lr, ...) win a name clash. Construction
     resumes from `checkpoint_dir/checkpoint.pt` when it exists and was written with the same
     config and world size. Only rank 0 logs, evaluates and writes checkpoints.
 

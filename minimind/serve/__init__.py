@@ -1,0 +1,11 @@
+"""Serve a chat model over an OpenAI-compatible HTTP API (`python -m minimind.serve`).
+
+- `engine`: token-by-token generation with stop strings and streaming (no web dependencies);
+- `worker`: the single thread that runs generations one at a time for concurrent requests;
+- `schemas`: the chat-completions request;
+- `app`: the FastAPI app, `create_app(model_dir, ...)`.
+"""
+
+from minimind.serve.app import create_app
+
+__all__ = ["create_app"]
