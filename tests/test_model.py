@@ -8,12 +8,11 @@ from safetensors.torch import save_file
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
-    Qwen3Config,
     Qwen3ForCausalLM,
-    Qwen3MoeConfig,
     Qwen3MoeForCausalLM,
 )
 
+from minimind.export.hf import qwen3_config
 from minimind.model import (
     PRESETS,
     MiniMindCausalLMOutput,
@@ -398,24 +397,8 @@ def test_model_params_section():
 # ---------------------------------------------------------------------------- Hugging Face
 
 
-def qwen3_kwargs(config: MiniMindConfig) -> dict:
-    return dict(
-        vocab_size=config.vocab_size,
-        hidden_size=config.hidden_size,
-        intermediate_size=config.intermediate_size,
-        num_hidden_layers=config.num_hidden_layers,
-        num_attention_heads=config.num_attention_heads,
-        num_key_value_heads=config.num_key_value_heads,
-        head_dim=config.head_dim,
-        rope_parameters={"rope_type": "default", "rope_theta": config.rope_theta},
-        rms_norm_eps=config.rms_norm_eps,
-        max_position_embeddings=config.max_position_embeddings,
-        tie_word_embeddings=True,
-    )
-
-
 def test_weights_copy_into_qwen3_with_identical_logits(dense):
-    qwen = Qwen3ForCausalLM(Qwen3Config(**qwen3_kwargs(dense.config))).eval()
+    qwen = Qwen3ForCausalLM(qwen3_config(dense.config)).eval()
     qwen.load_state_dict(dense.state_dict(), strict=True)
     assert qwen.lm_head.weight.data_ptr() == qwen.model.embed_tokens.weight.data_ptr()
     ids = tokens(2, 16, seed=17)
@@ -427,15 +410,7 @@ def test_moe_checkpoint_loads_into_qwen3_moe_with_identical_logits(moe, tmp_path
     """Qwen3-MoE keeps experts fused in memory (gate_up_proj, down_proj of shape
     (experts, ...)); from_pretrained fuses the per-expert names we use on load."""
     config = moe.config
-    Qwen3MoeConfig(
-        **qwen3_kwargs(config),
-        num_experts=config.num_experts,
-        num_experts_per_tok=config.num_experts_per_tok,
-        moe_intermediate_size=config.moe_intermediate_size,
-        norm_topk_prob=config.norm_topk_prob,
-        decoder_sparse_step=1,
-        mlp_only_layers=[],
-    ).save_pretrained(tmp_path)
+    qwen3_config(config).save_pretrained(tmp_path)  # the export's Qwen3MoeConfig mapping
     weights = {k: v.contiguous() for k, v in moe.state_dict().items() if k != "lm_head.weight"}
     save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
     qwen, info = Qwen3MoeForCausalLM.from_pretrained(tmp_path, output_loading_info=True)
