@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
+
+T = TypeVar("T")
 
 
 @torch.no_grad()
@@ -31,6 +33,17 @@ def text_loss(model: Any, tokenizer: Any, texts: Iterable[str], max_tokens: int
         total += float(F.cross_entropy(logits, input_ids[0, 1:], reduction="sum"))
         count += len(ids) - 1
     return total, count
+
+
+def spread(items: Sequence[T], count: int) -> list[T]:
+    """`count` items evenly spaced over `items` (all of them if there are no more than that).
+
+    Held-out sets are stored grouped by source, so "the first n" would measure one corpus only.
+    """
+    if len(items) <= count:
+        return list(items)
+    step = (len(items) - 1) / (count - 1) if count > 1 else 0
+    return [items[round(i * step)] for i in range(count)]
 
 
 def perplexity(total_loss: float, tokens: int) -> float:

@@ -26,15 +26,18 @@ SAMPLES = Path("metrics/eval_samples.json")
 
 
 def held_out_text(clean_dir: Path, per_group: int) -> dict[str, list[str]]:
-    """Held-out pretrain documents grouped as `source/<name>` and `lang/<code>`."""
+    """Held-out pretrain documents grouped as `source/<name>` and `lang/<code>`, each group
+    `per_group` documents spread evenly over it (stored order groups sources together, so the
+    first documents of a language would all come from one corpus)."""
     from minimind.data.shards import iter_rows, shard_paths
 
     groups: dict[str, list[str]] = defaultdict(list)
     for row in iter_rows(shard_paths(clean_dir / "pretrain", "val"), ["text", "source", "lang"]):
         for key in (f"source/{row['source']}", f"lang/{row['lang']}"):
-            if len(groups[key]) < per_group:
-                groups[key].append(row["text"])
-    return dict(groups)
+            groups[key].append(row["text"])
+    from minimind.evaluation import spread
+
+    return {key: spread(docs, per_group) for key, docs in groups.items()}
 
 
 def held_out_questions(clean_dir: Path, limit: int) -> list[tuple[list[dict], str]]:

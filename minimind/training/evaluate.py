@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from minimind.data.batches import eval_batches
 from minimind.data.pretrain_tokens import Row
+from minimind.evaluation import spread
 
 
 @torch.no_grad()
@@ -24,9 +24,8 @@ def mean_token_loss(model: nn.Module, rows: Sequence[Row], batch_size: int,
     per-token average the training loss uses. Only tokens whose label is not -100 count (for
     SFT: assistant tokens only).
     """
-    if max_rows is not None and max_rows < len(rows):
-        picks = np.linspace(0, len(rows) - 1, max_rows).round().astype(int)
-        rows = [rows[int(i)] for i in picks]
+    if max_rows is not None:
+        rows = spread(rows, max_rows)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
