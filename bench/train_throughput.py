@@ -6,7 +6,7 @@ and the share of useful (non-pad) tokens per packed SFT batch versus padding to 
     python bench/train_throughput.py --sft-tokens data/tokens/sft/train --sft-seq-len 1024
 
 Each measurement is a full optimizer step (forward, backward, AdamW) on random tokens, timed
-after warm-up steps; on CPU, bf16 is usually slower than fp32 (no bf16 matmul units).
+after warm-up steps. Whether bf16 beats fp32 on a CPU depends on its bf16 matrix units.
 """
 
 from __future__ import annotations
