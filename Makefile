@@ -32,5 +32,8 @@ test-fast: setup  ## unit tests only
 lint: setup
 	$(BIN)/ruff check .
 
+plots: setup  ## training curves as offline HTML (plots.html/index.html), no CDN needed
+	$(RUN) $(BIN)/python -m pipelines.plots --out plots.html
+
 mlflow-ui: setup  ## browse runs at http://127.0.0.1:5000
 	$(RUN) $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000

@@ -33,6 +33,7 @@ def main(ctx: StageContext) -> None:
         reference_logps,
     )
     from minimind.training import Trainer, cleanup_distributed, init_distributed
+    from pipelines.plots import CurveRecorder, finish_curves
     from pipelines.training import prune_checkpoints, save_model
 
     opts = ctx.params.dpo
@@ -58,8 +59,11 @@ def main(ctx: StageContext) -> None:
               f"reward accuracy before: {before['val_reward_accuracy']:.3f}", flush=True)
     batches = PairBatchStream(ReferencedPairs(train_pairs, train_reference), batch,
                               seed=opts.train.seed, rank=rank, world_size=world_size)
+    curve = CurveRecorder(ctx.run.log_metrics, ctx.checkpoint_dir())
+    if rank == 0:
+        curve(before, 0)  # the held-out curve starts at the reference point
     trainer = Trainer(policy, opts.train, batches, ctx.checkpoint_dir(),
-                      log_metrics=ctx.run.log_metrics, evaluate=evaluate,
+                      log_metrics=curve, evaluate=evaluate,
                       count_items=count_pairs)
     final = trainer.fit()
     if rank == 0:
@@ -74,6 +78,8 @@ def main(ctx: StageContext) -> None:
             "beta": opts.beta,
         }
         ctx.write_metrics(METRICS, metrics)
+        finish_curves(ctx, curve, ["loss", "reward_accuracy", "reward_margin"],
+                      ["val_reward_accuracy", "val_reward_margin"])
         prune_checkpoints(ctx.checkpoint_dir())
         print(f"[dpo] held-out reward accuracy {metrics['val_reward_accuracy_before']:.3f} -> "
               f"{metrics['val_reward_accuracy']:.3f}, margin {metrics['val_reward_margin']:.3f}; "

@@ -27,6 +27,7 @@ def main(ctx: StageContext) -> None:
     from minimind.model import MiniMindForCausalLM
     from minimind.training import Trainer, cleanup_distributed, init_distributed
     from minimind.training.evaluate import mean_token_loss
+    from pipelines.plots import CurveRecorder, finish_curves
     from pipelines.training import flops_per_token, prune_checkpoints, save_model
 
     opts = ctx.params.pretrain
@@ -43,9 +44,10 @@ def main(ctx: StageContext) -> None:
     if rank == 0:
         print(f"[pretrain] {num_params / 1e6:.2f}M parameters, {len(train_rows):,} train rows "
               f"of {opts.seq_len} tokens, {world_size} process(es)", flush=True)
+    curve = CurveRecorder(ctx.run.log_metrics, ctx.checkpoint_dir())
     trainer = Trainer(
         model, opts.train, batches, ctx.checkpoint_dir(),
-        log_metrics=ctx.run.log_metrics,
+        log_metrics=curve,
         evaluate=lambda m: {"val_loss": mean_token_loss(m, val_rows, opts.train.micro_batch_size,
                                                         opts.eval_rows)},
         flops_per_token=flops_per_token(num_params, config.num_hidden_layers,
@@ -63,6 +65,7 @@ def main(ctx: StageContext) -> None:
             "parameters": num_params,
         }
         ctx.write_metrics(METRICS, metrics)
+        finish_curves(ctx, curve, ["loss"], ["val_loss"])
         prune_checkpoints(ctx.checkpoint_dir())
         print(f"[pretrain] held-out loss {metrics['val_loss']} nats/token vs unigram entropy "
               f"{metrics['unigram_entropy']}; model saved to {MODEL_DIR}", flush=True)

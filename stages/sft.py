@@ -47,6 +47,7 @@ def main(ctx: StageContext) -> None:
     from minimind.lora import apply_lora, merge_lora
     from minimind.training import Trainer, cleanup_distributed, init_distributed
     from minimind.training.evaluate import mean_token_loss
+    from pipelines.plots import CurveRecorder, finish_curves
     from pipelines.training import prune_checkpoints, save_model
 
     opts = ctx.params.sft
@@ -72,8 +73,11 @@ def main(ctx: StageContext) -> None:
               f"before: {before:.4f}", flush=True)
     batches = BatchStream(train_rows, opts.train.micro_batch_size, seed=opts.train.seed,
                           rank=rank, world_size=world_size)
+    curve = CurveRecorder(ctx.run.log_metrics, ctx.checkpoint_dir())
+    if rank == 0:
+        curve({"val_loss": before}, 0)  # the held-out curve starts at the pretrained model
     trainer = Trainer(model, opts.train, batches, ctx.checkpoint_dir(),
-                      log_metrics=ctx.run.log_metrics, evaluate=evaluate)
+                      log_metrics=curve, evaluate=evaluate)
     final = trainer.fit()
     if rank == 0:
         model = trainer.raw_model
@@ -101,6 +105,7 @@ def main(ctx: StageContext) -> None:
         write_json(ctx.path(SAMPLES), samples)
         ctx.run.log_artifact(ctx.path(SAMPLES))
         ctx.write_metrics(METRICS, metrics)
+        finish_curves(ctx, curve, ["loss"], ["val_loss"])
         prune_checkpoints(ctx.checkpoint_dir())
         print(f"[sft] held-out assistant loss {before:.4f} -> {metrics['val_loss']:.4f}; "
               f"{metrics['samples_stopped_frac']:.0%} of sampled replies ended with <|im_end|>; "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -85,6 +86,19 @@ def test_training_stages_rerun_exactly_what_changed(project) -> None:
     diff = json.loads(run([DVC, "metrics", "diff", "--json"], root, env).stdout)
     assert "metrics/eval.json" in diff and "metrics/sft.json" in diff
     check_registered_model(root)
+    check_plots(root, env)
+
+
+def check_plots(root: Path, env: dict[str, str]) -> None:
+    """Training curves are DVC plots, and the HTML view works offline (no CDN script)."""
+    shown = run([DVC, "plots", "show", "--json"], root, env).stdout
+    for stage in ("pretrain", "sft", "dpo"):
+        assert f"plots/{stage}/train.json" in shown
+        curve = json.loads((root / "plots" / stage / "train.json").read_text())
+        assert [row["step"] for row in curve] == sorted(row["step"] for row in curve)
+    run([sys.executable, "-m", "pipelines.plots", "--out", "plots.html"], root, env)
+    page = (root / "plots.html" / "index.html").read_text(encoding="utf-8")
+    assert "vegaEmbed(" in page and "<script src=" not in page and "cdn.jsdelivr" not in page
 
 
 def check_registered_model(root: Path) -> None:
