@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +39,8 @@ from minimind.tokenizer import train_tokenizer
 from minimind.training import TrainConfig, Trainer, seed_everything
 from minimind.training.trainer import count_input_tokens
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 FILLER = ["the", "a", "river", "town", "walk", "old", "people", "dog", "city", "name", "day",
           "morning", "evening", "and", "with", "past", "their", "where", "road", "hill", "green"]
 # The task: a "warm" prompt prefers an answer ending in "sunny", a "cold" one in "snowy".
@@ -62,14 +64,6 @@ def synthetic_pair(rng: random.Random) -> tuple[list[dict], list[dict]]:
     answer = words(rng, rng.randint(1, 4))
     return ([*prompt, {"role": "assistant", "content": f"{answer} {GOOD_WORD[topic]}"}],
             [*prompt, {"role": "assistant", "content": f"{answer} {bad_word}"}])
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

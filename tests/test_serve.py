@@ -34,6 +34,8 @@ from minimind.serve import create_app
 from minimind.serve.engine import ChatEngine, GenerationSettings, _safe_prefix_length
 from minimind.tokenizer import train_tokenizer
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 API_KEY = "test-key"
 MODEL_NAME = "tiny-chat"
 MAX_TOKENS_LIMIT = 64
@@ -76,15 +78,6 @@ def train_tiny_chat_model(folder: Path) -> None:
         optimizer.step()
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """The model is tiny: extra intra-op threads only fight over the CPU with other jobs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

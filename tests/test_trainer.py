@@ -10,7 +10,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,6 +19,8 @@ import torch
 from minimind.training import TrainConfig, Trainer, lr_multiplier, param_groups, seed_everything
 from minimind.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from tests.ddp_worker import VOCAB_SIZE, TinyLM, ToyBatches, ToyOutput, toy_config, toy_trainer
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 REPO = Path(__file__).resolve().parent.parent
 WORKER = REPO / "tests" / "ddp_worker.py"
@@ -29,15 +31,6 @@ WORKER_ENV = os.environ | {
     "PYTHONPATH": str(REPO),
     "OMP_NUM_THREADS": "1",
 }
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models run fastest on one thread, and do not slow to a crawl on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def recorder() -> tuple[dict[int, dict[str, float]], Callable[[dict[str, float], int], None]]:
