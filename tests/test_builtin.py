@@ -17,14 +17,21 @@ from minimind.data.builtin import BUILTIN_SOURCES, get_builtin
 from minimind.data.builtin.common import interleave, pack
 from minimind.data.builtin.en_text import MAX_CHARS as PLAY_MAX_CHARS
 from minimind.data.builtin.en_text import work_documents
-from minimind.data.builtin.preferences import REVIEW_PROMPTS, agrees_with_label
+from minimind.data.builtin.preferences import (
+    KIND_WEIGHTS,
+    REPEATS,
+    REVIEW_PROMPTS,
+    agrees_with_label,
+    repeated,
+    truncated,
+)
 from minimind.data.builtin.wiki import lead_answer, read_summaries, sentences, subject
 from minimind.data.builtin.zh_text import is_headline, split_articles, untag
 
 EXPECTED_KINDS = {
     "zh_news": "pretrain", "zh_reviews": "pretrain", "en_shakespeare": "pretrain",
     "en_wiki": "pretrain", "wiki_qa": "sft", "dialogues": "sft", "tool_calls": "sft",
-    "dpo_pairs": "dpo",
+    "dpo_pairs": "dpo", "scene_captions": "vlm", "scene_vqa": "vlm",
 }
 ROLES = {"system", "user", "assistant", "tool"}
 MESSAGE_KEYS = {"role", "content", "reasoning_content", "tools", "tool_calls"}
@@ -72,6 +79,14 @@ def check_record(kind: str, record: dict) -> None:
     elif kind == "sft":
         assert set(record) == {"conversations"}
         check_conversation(record["conversations"])
+    elif kind == "vlm":
+        assert set(record) == {"conversations", "image_bytes"}
+        check_conversation(record["conversations"])
+        images = record["image_bytes"]
+        images = images if isinstance(images, list) else [images]
+        assert images and all(image.startswith(b"\x89PNG") for image in images)
+        markers = sum(m["content"].count("<image>") for m in record["conversations"])
+        assert markers == len(images)
     else:
         assert set(record) == {"chosen", "rejected"}
         chosen, rejected = record["chosen"], record["rejected"]
@@ -268,38 +283,29 @@ def test_tool_call_results_and_answers_are_arithmetically_correct():
 
 # --- dpo_pairs -----------------------------------------------------------------------------
 
-_SPOKEN_OPERATORS = {"divided by": "/", "plus": "+", "minus": "-", "times": "*",
-                     "乘以": "*", "除以": "/", "加": "+", "减": "-"}
-_SPOKEN = "|".join(_SPOKEN_OPERATORS)
-_ARITHMETIC_ANSWER = re.compile(  # "12 times 5 is 60." / "(3 + 4) * 2 等于 14。"
-    rf"^(?P<expr>[\d(][^a-zA-Z\u4e00-\u9fff]*(?: (?:{_SPOKEN}) [^a-zA-Z]*)?)"
-    r" (?:is|等于) -?\d+[.。]$")
+def is_chinese(text: str) -> bool:
+    return any("\u4e00" <= ch <= "\u9fff" for ch in text)
 
 
 def pair_kind(record: dict) -> str:
-    prompt, answer = record["chosen"][-2]["content"], record["chosen"][-1]["content"]
-    if any(prompt in prompts for prompts in REVIEW_PROMPTS.values()):
-        return "review"
-    return "arithmetic" if _ARITHMETIC_ANSWER.match(answer) else "wiki"
+    chosen, rejected = record["chosen"][-1]["content"], record["rejected"][-1]["content"]
+    language = "zh" if is_chinese(chosen) else "en"
+    if rejected == repeated(chosen, language):
+        return "repetition"
+    if rejected == truncated(chosen, language):
+        return "truncation"
+    if is_chinese(chosen) != is_chinese(rejected):
+        return "language"
+    prompt = record["chosen"][-2]["content"]
+    return "review" if any(prompt in prompts for prompts in REVIEW_PROMPTS.values()) else "wiki"
 
 
-def arithmetic_value(answer: str) -> int:
-    expression = _ARITHMETIC_ANSWER.match(answer).group("expr")
-    for spoken, symbol in _SPOKEN_OPERATORS.items():
-        expression = expression.replace(spoken, symbol)
-    return int(evaluate(ast.parse(expression, mode="eval")))
-
-
-def test_dpo_pairs_mix_three_kinds_whose_preference_is_in_the_content():
-    by_kind: dict[str, list[dict]] = {"wiki": [], "review": [], "arithmetic": []}
+def test_dpo_pairs_mix_five_kinds_each_preferring_the_right_answer():
+    by_kind: dict[str, list[dict]] = {kind: [] for kind in KIND_WEIGHTS}
     for record in build("dpo_pairs", 1000, 0):
         by_kind[pair_kind(record)].append(record)
-    assert all(len(pairs) > 100 for pairs in by_kind.values())
-
-    for record in by_kind["arithmetic"]:
-        value = arithmetic_value(record["chosen"][-1]["content"])
-        assert last_number(record["chosen"][-1]["content"]) == str(value)
-        assert last_number(record["rejected"][-1]["content"]) != str(value)
+    assert all(len(pairs) > 120 for pairs in by_kind.values()), {
+        kind: len(pairs) for kind, pairs in by_kind.items()}
 
     for record in by_kind["review"]:
         wanted = "positive" if record["chosen"][-2]["content"] in REVIEW_PROMPTS["positive"] \
@@ -307,6 +313,17 @@ def test_dpo_pairs_mix_three_kinds_whose_preference_is_in_the_content():
         other = "negative" if wanted == "positive" else "positive"
         assert agrees_with_label(record["chosen"][-1]["content"], wanted)
         assert agrees_with_label(record["rejected"][-1]["content"], other)
+
+    for record in by_kind["language"]:  # the chosen answer speaks the user's language
+        prompt = record["chosen"][-2]["content"]
+        assert is_chinese(record["chosen"][-1]["content"]) == is_chinese(prompt)
+
+    for kind in ("repetition", "truncation"):
+        for record in by_kind[kind]:
+            chosen, rejected = record["chosen"][-1]["content"], record["rejected"][-1]["content"]
+            assert chosen != rejected
+            if kind == "truncation":
+                assert chosen.startswith(rejected) and len(rejected) < 0.75 * len(chosen)
 
     articles_by_lead: dict[str, list] = {}
     for summary in read_summaries():
@@ -321,6 +338,15 @@ def test_dpo_pairs_mix_three_kinds_whose_preference_is_in_the_content():
         for side in names_subject:
             names_subject[side] += first_word in record[side][-1]["content"].lower()
     assert names_subject["chosen"] > 0.8 * len(by_kind["wiki"]) > 10 * names_subject["rejected"]
+
+
+def test_degenerate_answers_repeat_the_first_sentence_or_stop_halfway():
+    english = "Paris is the capital of France. It has two million people."
+    assert repeated(english, "en") == " ".join(["Paris is the capital of France."] * REPEATS)
+    assert truncated(english, "en") == "Paris is the capital of"
+    chinese = "房间干净，服务热情，非常满意。"
+    assert repeated(chinese, "zh") == "房间干净，" * REPEATS
+    assert truncated(chinese, "zh") == "房间干净，服务"
 
 
 def test_every_dpo_pair_differs_between_chosen_and_rejected():

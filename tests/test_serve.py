@@ -10,8 +10,6 @@ request against OpenAI's error shape. The terminal chat is driven with scripted 
 from __future__ import annotations
 
 import builtins
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +20,6 @@ import openai
 import pytest
 import requests
 import torch
-import uvicorn
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from minimind import chat
@@ -33,6 +30,7 @@ from minimind.serve import __main__ as serve_main
 from minimind.serve import create_app
 from minimind.serve.engine import ChatEngine, GenerationSettings, _safe_prefix_length
 from minimind.tokenizer import train_tokenizer
+from tests.server import uvicorn_thread
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -99,19 +97,8 @@ def base_url(model_dir: Path) -> Iterator[str]:
     """uvicorn serving the model in a background thread on a free port."""
     app = create_app(model_dir, model_name=MODEL_NAME, api_key=API_KEY,
                      max_tokens_limit=MAX_TOKENS_LIMIT, max_request_bytes=MAX_REQUEST_BYTES)
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
-    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
-    server.should_exit = True
-    thread.join(timeout=30)
-    assert not thread.is_alive(), "uvicorn did not stop"
+    with uvicorn_thread(app) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -92,6 +92,22 @@ class BatchStream:
         self._order = self._epoch_order(self.epoch)
 
 
+class Positions:
+    """Rows {"index": i}, i < n: lets BatchStream / eval_batches choose items of any shape
+    (pairs, variable-length sequences) without reading them; the caller collates the items."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> Row:
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        return {"index": np.asarray(i)}
+
+
 def eval_batches(rows: Sequence[Row], batch_size: int, rank: int = 0, world_size: int = 1,
                  max_rows: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
     """One pass over the first `max_rows` rows (default: all) in stored order, in batches.

@@ -4,7 +4,16 @@ Each raw record goes through: read (JSONL/.gz/Parquet) -> schema validation -> U
 normalisation -> length handling -> quality filters (pretrain text) -> exact and near-duplicate
 removal -> deterministic train/val split -> a Parquet shard. Nothing is dropped silently:
 every rejected record is written to the rejects file with its source file:line, the rule that
-rejected it and the record itself, and counted by reason in the report.
+rejected it and the record itself (media bytes replaced by a short description), and counted
+by reason in the report.
+
+vlm records also have their images checked and normalised (`minimind.data.images`): one
+`<image>` marker per image, every image decodable, within the size limits and converted to
+RGB PNG, or the record is rejected. Rows store the images' sha256 (`images` column) and each
+unique image is stored once in `images/`. Records are deduplicated exactly on their text plus
+image hashes (text similarity says nothing about whether two images are alike, so near-dup is
+off for them), and split by their image hashes rather than their text, so the conversations
+about one image land in the same split and held-out images are unseen in training.
 """
 
 from __future__ import annotations
@@ -22,19 +31,36 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
 from minimind.data.dedup import DedupConfig, Deduplicator
+from minimind.data.images import (
+    CleanImage,
+    ImageCheckConfig,
+    ImageError,
+    ImageStore,
+    describe_bytes,
+    normalize_image,
+    read_image_ref,
+)
 from minimind.data.quality import QualityConfig, quality_issue
 from minimind.data.readers import ReadIssue, iter_records
-from minimind.data.records import SchemaError, validate_record
+from minimind.data.records import (
+    IMAGE_MARKER,
+    SchemaError,
+    check_image_markers,
+    image_refs,
+    validate_record,
+)
 from minimind.data.shards import ShardWriter
 from minimind.data.textnorm import detect_lang, normalize_record
 
-CLEANABLE_KINDS = ("pretrain", "sft", "dpo")
+CLEANABLE_KINDS = ("pretrain", "sft", "dpo", "vlm")
 _META = [("lang", pa.string()), ("source", pa.string()), ("origin", pa.string())]
 SCHEMAS = {
     "pretrain": pa.schema([("text", pa.string()), *_META]),
     "sft": pa.schema([("conversations", pa.string()), *_META]),
     "dpo": pa.schema([("chosen", pa.string()), ("rejected", pa.string()), *_META]),
+    "vlm": pa.schema([("conversations", pa.string()), ("images", pa.list_(pa.string())), *_META]),
 }
+IMAGES_DIR = "images"
 SPLITS = ("train", "val")
 
 
@@ -53,16 +79,19 @@ class CleanConfig(BaseModel):
     seed: int = Field(default=42, description="salt of the deterministic train/val split")
     quality: QualityConfig = QualityConfig()
     dedup: DedupConfig = DedupConfig()
+    images: ImageCheckConfig = ImageCheckConfig()
 
 
 @dataclass
 class Doc:
-    """One output row in the making: its columns, the text that identifies it, its language."""
+    """One output row in the making: its columns, the text that identifies it, its language,
+    and the checked images it refers to (vlm), stored when the row is kept."""
 
     columns: dict[str, Any]
     text: str
     lang: str
     origin: str
+    images: tuple[CleanImage, ...] = ()
 
 
 def split_long_text(text: str, max_chars: int) -> list[str]:
@@ -109,8 +138,9 @@ def _size(messages: list[dict[str, Any]]) -> int:
 
 
 def _spoken_text(messages: list[dict[str, Any]]) -> str:
-    """The natural-language part of a conversation, for language detection."""
-    return " ".join(m["content"] for m in messages if m["role"] in ("user", "assistant"))
+    """The natural-language part of a conversation (no image markers), for language detection."""
+    return " ".join(m["content"].replace(IMAGE_MARKER, " ") for m in messages
+                    if m["role"] in ("user", "assistant"))
 
 
 class RejectSink:
@@ -136,7 +166,7 @@ class RejectSink:
 
 def _jsonable(value: Any) -> Any:
     if isinstance(value, bytes | bytearray):
-        return f"<{len(value)} bytes>"
+        return describe_bytes(bytes(value))
     return repr(value)
 
 
@@ -150,6 +180,7 @@ class Cleaner:
         self.rejects = RejectSink(out_dir / "rejects.jsonl")
         self._writers: dict[tuple[str, str], ShardWriter] = {}
         self._dedup: dict[str, Deduplicator] = {}
+        self._images: ImageStore | None = None
         self.stats: dict[str, Counter[str]] = defaultdict(Counter)
 
     # -- one file --------------------------------------------------------------------------
@@ -167,8 +198,10 @@ class Cleaner:
                 self.rejects.add(item.reason, item.detail, source, origin, item.raw)
                 continue
             try:
-                docs = self._documents(kind, item.value, origin)
+                docs = self._documents(kind, item.value, origin, path.parent)
             except SchemaError as exc:
+                if isinstance(exc, ImageError):
+                    stats["images.rejected"] += 1
                 self.rejects.add(exc.reason, exc.detail, source, origin, item.value)
                 continue
             kept = 0
@@ -177,7 +210,9 @@ class Cleaner:
             stats["records_kept"] += kept > 0
             stats["docs_out"] += kept
 
-    def _documents(self, kind: str, value: dict[str, Any], origin: str) -> list[Doc]:
+    def _documents(self, kind: str, value: dict[str, Any], origin: str, base_dir: Path
+                   ) -> list[Doc]:
+        """The output rows of one raw record; `base_dir` resolves relative image paths."""
         form = self.config.unicode_form
         record = validate_record(kind, value)
         # Validate again after normalisation: it may empty a field (e.g. only zero-width chars).
@@ -187,7 +222,8 @@ class Cleaner:
             return [Doc({"text": p}, p, detect_lang(p),
                         origin if len(pieces) == 1 else f"{origin}#{i}")
                     for i, p in enumerate(pieces)]
-        if kind == "sft":
+        images: tuple[CleanImage, ...] = ()
+        if kind in ("sft", "vlm"):
             turns = [record["conversations"]]
             text = _dialogue_text(record["conversations"])
             columns = {"conversations": json.dumps(record["conversations"], ensure_ascii=False)}
@@ -200,8 +236,28 @@ class Cleaner:
         if size > self.config.max_conversation_chars:
             raise SchemaError("too_long", f"{size} chars > max_conversation_chars "
                                           f"{self.config.max_conversation_chars}")
+        if kind == "vlm":
+            images = self._checked_images(record, base_dir)
+            columns["images"] = [image.sha256 for image in images]
+            text += "\n" + " ".join(columns["images"])
         lang_text = _spoken_text(turns[0])
-        return [Doc(columns, text, detect_lang(lang_text), origin)]
+        return [Doc(columns, text, detect_lang(lang_text), origin, images)]
+
+    def _checked_images(self, record: dict[str, Any], base_dir: Path) -> tuple[CleanImage, ...]:
+        """The record's images, checked and normalised, after its markers were matched."""
+        refs = image_refs(record)
+        if not refs:
+            raise SchemaError("no_image", "a vlm record needs an image (image_bytes or image); "
+                                          "text-only conversations belong in an sft source")
+        check_image_markers(record["conversations"], len(refs))
+        config = self.config.images
+        images = []
+        for i, ref in enumerate(refs, 1):
+            try:
+                images.append(normalize_image(read_image_ref(ref, base_dir, config), config))
+            except ImageError as exc:
+                raise ImageError(exc.reason, f"image {i} of {len(refs)}: {exc.detail}") from None
+        return tuple(images)
 
     def _keep(self, kind: str, source: str, doc: Doc) -> bool:
         """Filter, dedup and write one document; True if it was written."""
@@ -211,7 +267,10 @@ class Cleaner:
                 self.rejects.add(issue[0], issue[1], source, doc.origin, doc.columns)
                 return False
         if kind not in self._dedup:
-            self._dedup[kind] = Deduplicator(self.config.dedup)
+            dedup_config = self.config.dedup
+            if kind == "vlm":  # the text key holds image hashes: only exact matches mean much
+                dedup_config = dedup_config.model_copy(update={"near": False})
+            self._dedup[kind] = Deduplicator(dedup_config)
         dedup = self._dedup[kind]
         duplicate = dedup.check(doc.origin, doc.text)
         if duplicate is not None:
@@ -219,12 +278,20 @@ class Cleaner:
             self.rejects.add(reason, f"duplicate of {first}", source, doc.origin, doc.columns,
                              duplicate_of=first)
             return False
-        split = self._split(doc.text)
+        split = self._split(" ".join(image.sha256 for image in doc.images) or doc.text)
         self._writer(kind, split).write(
             {**doc.columns, "lang": doc.lang, "source": source, "origin": doc.origin})
         self.stats[source][f"{kind}.{split}"] += 1
         self.stats[source][f"lang.{doc.lang}"] += 1
+        for image in doc.images:
+            stored = self._image_store().add(image)
+            self.stats[source]["images.stored" if stored else "images.duplicates"] += 1
         return True
+
+    def _image_store(self) -> ImageStore:
+        if self._images is None:
+            self._images = ImageStore(self.out_dir / IMAGES_DIR, self.config.images.shard_rows)
+        return self._images
 
     def _split(self, text: str) -> str:
         """Deterministic by content: the same text always lands in the same split."""
@@ -242,6 +309,12 @@ class Cleaner:
     def close(self) -> None:
         for writer in self._writers.values():
             writer.close()
+        if self._images is not None:
+            self._images.close()
+        # The vision stages depend on these folders: with no vlm source they are empty, not
+        # missing, so a text-only corpus still has a well-formed (empty) image-text output.
+        for folder in (self.out_dir / IMAGES_DIR, self.out_dir / "vlm"):
+            folder.mkdir(parents=True, exist_ok=True)
         self.rejects.close()
 
     def report(self, seconds: float) -> dict[str, Any]:
@@ -259,6 +332,8 @@ class Cleaner:
             "rows": dict(sorted(rows.items())),
             "by_source": {s: dict(sorted(c.items())) for s, c in sorted(self.stats.items())},
             "dedup": {kind: d.stats for kind, d in sorted(self._dedup.items())},
+            "images": {name: total[f"images.{name}"]
+                       for name in ("stored", "duplicates", "rejected")},
             "seconds": round(seconds, 3),
             "records_per_s": round(total["records_in"] / max(seconds, 1e-9), 1),
         }

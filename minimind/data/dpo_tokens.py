@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from minimind.data.batches import BatchStream, eval_batches
+from minimind.data.batches import BatchStream, Positions, eval_batches
 from minimind.data.pretrain_tokens import (
     DOCUMENT_SEPARATOR,
     IGNORE_INDEX,
@@ -198,21 +198,6 @@ def collate_pairs(rows: Sequence[dict[str, Any]], pad_id: int) -> dict[str, torc
     return {key: torch.from_numpy(value) for key, value in batch.items()}
 
 
-class _Positions:
-    """Rows {"index": i}, i < n: lets BatchStream / eval_batches choose pairs without reading."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> Row:
-        if not 0 <= i < self.n:
-            raise IndexError(i)
-        return {"index": np.asarray(i)}
-
-
 def _collate_chosen(pairs: Pairs, positions: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return collate_pairs([pairs[i] for i in positions["index"].tolist()], pairs.pad_id)
 
@@ -226,7 +211,7 @@ class PairBatchStream:
     def __init__(self, pairs: Pairs, batch_size: int, seed: int, rank: int = 0,
                  world_size: int = 1, shuffle: bool = True) -> None:
         self.pairs = pairs
-        self._positions = BatchStream(_Positions(len(pairs)), batch_size, seed, rank,
+        self._positions = BatchStream(Positions(len(pairs)), batch_size, seed, rank,
                                       world_size, shuffle)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
@@ -245,6 +230,6 @@ class PairBatchStream:
 def eval_pair_batches(pairs: Pairs, batch_size: int, rank: int = 0, world_size: int = 1,
                       max_pairs: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
     """One pass over the first `max_pairs` pairs in stored order (see `eval_batches`)."""
-    for positions in eval_batches(_Positions(len(pairs)), batch_size, rank, world_size,
+    for positions in eval_batches(Positions(len(pairs)), batch_size, rank, world_size,
                                   max_pairs):
         yield _collate_chosen(pairs, positions)

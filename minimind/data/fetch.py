@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
 DATA_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".parquet")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
 class DownloadError(RuntimeError):
@@ -189,6 +190,7 @@ def fetch_file(src: Path, dest: Path, *, sha256: str | None = None) -> Fetched:
     return _place(tmp, dest, src.as_uri(), sha256, keep_src=False)
 
 
-def data_files(directory: Path) -> list[Path]:
-    """The data files under a directory, in a stable order."""
-    return sorted(p for p in directory.rglob("*") if p.is_file() and p.name.endswith(DATA_SUFFIXES))
+def data_files(directory: Path, suffixes: tuple[str, ...] = DATA_SUFFIXES) -> list[Path]:
+    """The files under a directory whose names end with one of `suffixes` (any case), sorted."""
+    return sorted(p for p in directory.rglob("*")
+                  if p.is_file() and p.name.lower().endswith(suffixes))

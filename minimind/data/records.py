@@ -9,6 +9,12 @@ raw record once, here, and keeps only the canonical form:
 - dpo:      `{"chosen": [message, ...], "rejected": [message, ...]}`
 - vlm/omni: like sft, plus the media fields of that kind passed through untouched
 
+A vlm record carries its images in MiniMind-V's layouts: `image_bytes` (Parquet: the encoded
+bytes, or a list of them for several images) or `image` (JSONL: a path, several as a
+comma-separated string, or a list of paths). `image_refs` reads either into one list, and
+`check_image_markers` holds them against the `<image>` markers of the user turns: one
+marker per image, in order.
+
 A message is `{"role", "content"}` plus, when present, `reasoning_content`, `tools` and
 `tool_calls`; the last two are stored as compact JSON strings (the public MiniMind datasets
 keep them as strings, and a string column keeps the Parquet schema stable). Conversations
@@ -27,13 +33,15 @@ from typing import Any, Literal, get_args
 Kind = Literal["pretrain", "sft", "dpo", "vlm", "omni"]
 KINDS: tuple[str, ...] = get_args(Kind)
 ROLES = ("system", "user", "assistant", "tool")
+IMAGE_MARKER = "<image>"
+IMAGE_FIELDS = ("image_bytes", "image", "images")
 
 # Top-level fields that later stages of a kind read (images for the vision encoder, audio
 # for the audio encoder and the speech codec). Any other top-level key is dropped.
 MEDIA_FIELDS: dict[str, tuple[str, ...]] = {
-    "vlm": ("image_bytes", "image", "images"),
+    "vlm": IMAGE_FIELDS,
     "omni": (
-        "image_bytes", "image", "images",
+        *IMAGE_FIELDS,
         "question_audios", "answer_audios", "answer_audio", "ref_audios", "spk_emb",
     ),
 }
@@ -69,6 +77,60 @@ def validate_record(kind: Kind, value: dict) -> dict:
         )
     media = {key: value[key] for key in MEDIA_FIELDS.get(kind, ()) if key in value}
     return {"conversations": conversations, **media}
+
+
+def image_refs(record: dict) -> list[bytes | str]:
+    """The images of a vlm/omni record, in marker order: encoded bytes or file paths.
+
+    `image_bytes` holds bytes or a list of bytes; `image` / `images` a path, a comma-separated
+    string of paths (MiniMind-V's JSONL) or a list of paths. A record that fills more than one
+    of these fields is ambiguous and raises SchemaError (`conflicting_fields`), as does a value
+    of the wrong type or an empty path. No field at all gives [].
+    """
+    present = [key for key in IMAGE_FIELDS if record.get(key) is not None]
+    if len(present) > 1:
+        raise SchemaError("conflicting_fields", f"{', '.join(present)}: images must come in "
+                                                "one field")
+    if not present:
+        return []
+    key = present[0]
+    value = record[key]
+    items = value if isinstance(value, list) else [value]
+    if key == "image_bytes":
+        for i, item in enumerate(items):
+            if not isinstance(item, bytes | bytearray):
+                raise SchemaError("wrong_type",
+                                  f"{key}[{i}]: expected bytes, got {_type_name(item)}")
+        return [bytes(item) for item in items]
+    if isinstance(value, str):
+        items = value.split(",")
+    paths = []
+    for i, item in enumerate(items):
+        if not isinstance(item, str):
+            raise SchemaError("wrong_type", f"{key}[{i}]: expected a path, got {_type_name(item)}")
+        if not item.strip():
+            raise SchemaError("empty_image_path", f"{key}[{i}]: empty path")
+        paths.append(item.strip())
+    return paths
+
+
+def check_image_markers(messages: list[dict], images: int) -> None:
+    """Raise SchemaError unless the user turns hold exactly one `<image>` marker per image.
+
+    `image_count_mismatch` names the counts, or the non-user turn that holds a marker (the
+    image tokens are placed where user markers stand; elsewhere they would be lost).
+    """
+    markers = 0
+    for i, message in enumerate(messages):
+        found = message["content"].count(IMAGE_MARKER)
+        if found and message["role"] != "user":
+            raise SchemaError("image_count_mismatch",
+                              f"conversations[{i}] ({message['role']}) holds an {IMAGE_MARKER} "
+                              "marker; markers belong in user turns")
+        markers += found
+    if markers != images:
+        raise SchemaError("image_count_mismatch",
+                          f"{markers} {IMAGE_MARKER} marker(s) for {images} image(s)")
 
 
 def _dpo_record(value: dict) -> dict:

@@ -3,6 +3,7 @@
 - `engine`: token-by-token generation with stop strings and streaming (no web dependencies);
 - `worker`: the single thread that runs generations one at a time for concurrent requests;
 - `schemas`: the chat-completions request;
+- `image_input`: `image_url` data URIs -> checked RGB images (vision-language models);
 - `app`: the FastAPI app, `create_app(model_dir, ...)`.
 """
 

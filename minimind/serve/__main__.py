@@ -1,4 +1,4 @@
-"""`python -m minimind.serve --model DIR`: serve a model folder with uvicorn."""
+"""`python -m minimind.serve --model DIR`: serve a model folder (text or vision) with uvicorn."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 import uvicorn
 
 from minimind.serve.app import DEFAULT_MAX_TOKENS_LIMIT, create_app
+from minimind.serve.image_input import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGES
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -20,6 +21,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model-name", help="model id clients ask for (default: folder name)")
     parser.add_argument("--max-tokens-limit", type=int, default=DEFAULT_MAX_TOKENS_LIMIT,
                         help="most completion tokens one request may ask for")
+    parser.add_argument("--max-image-bytes", type=int, default=DEFAULT_MAX_IMAGE_BYTES,
+                        help="larger images (decoded bytes) get a 413 (vision models)")
+    parser.add_argument("--max-images", type=int, default=DEFAULT_MAX_IMAGES,
+                        help="most images one request may hold (vision models)")
     parser.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
     return parser.parse_args(argv)
 
@@ -27,7 +32,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     app = create_app(args.model, model_name=args.model_name, api_key=args.api_key,
-                     max_tokens_limit=args.max_tokens_limit, device=args.device)
+                     max_tokens_limit=args.max_tokens_limit,
+                     max_image_bytes=args.max_image_bytes, max_images=args.max_images,
+                     device=args.device)
     print(f"Serving {args.model} at http://{args.host}:{args.port}/v1"
           f"{' (API key required)' if args.api_key else ''}", flush=True)
     uvicorn.run(app, host=args.host, port=args.port)

@@ -4,6 +4,10 @@ Any OpenAI client (the official `openai` package, curl, chat front-ends) can tal
 pointing its base URL at `http://host:port/v1`. Every error, from bad JSON to an unknown route,
 comes back in OpenAI's `{"error": {"message", "type", "param", "code"}}` shape with a 4xx
 status; a 500 means a bug in the server, never bad input.
+
+A vision-language model also takes OpenAI `image_url` content parts in user messages, as base64
+data URIs (the server is offline and fetches nothing); each image is checked like a training
+image (`image_input`) and takes the place of its part in the text, as an `<image>` marker.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -28,9 +32,21 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from minimind.data.images import ImageCheckConfig
+from minimind.data.vlm_tokens import IMAGE_MARKER, IMAGE_PAD
 from minimind.serve.engine import ChatEngine, Delta, GenerationSettings
-from minimind.serve.schemas import ChatCompletionRequest
+from minimind.serve.image_input import (
+    DEFAULT_MAX_IMAGE_BYTES,
+    DEFAULT_MAX_IMAGES,
+    ImageInputError,
+    ImageLimits,
+    load_image,
+)
+from minimind.serve.schemas import ChatCompletionRequest, ImagePart
 from minimind.serve.worker import GenerationWorker
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +86,10 @@ def create_app(
     api_key: str | None = None,
     max_prompt_tokens: int | None = None,
     max_tokens_limit: int = DEFAULT_MAX_TOKENS_LIMIT,
-    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+    max_request_bytes: int | None = None,
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+    max_images: int = DEFAULT_MAX_IMAGES,
+    image_checks: ImageCheckConfig | None = None,
     device: str | None = None,
 ) -> FastAPI:
     """Load the model folder and build the app serving it under `model_name`.
@@ -79,11 +98,20 @@ def create_app(
     api_key: if set, every /v1 request needs `Authorization: Bearer <api_key>`.
     max_prompt_tokens: longest accepted prompt (default: the context minus room for a reply).
     max_tokens_limit: most completion tokens a request may ask for.
-    max_request_bytes: larger request bodies get a 413.
+    max_request_bytes: larger request bodies get a 413 (default: 1 MiB, plus room for
+        `max_images` base64 images of `max_image_bytes` when the model reads images).
+    max_image_bytes: a larger image (decoded from base64) gets a 413.
+    max_images: most images one request may hold.
+    image_checks: the pixel-size limits (sides, pixels) images must pass, as in the clean
+        stage (default: clean's defaults); its `max_bytes` is replaced by `max_image_bytes`.
     device: where the model runs (default: cuda if available, else cpu).
     """
     engine = ChatEngine.from_folder(model_dir, device)
     limits = _limits(engine.context_length, max_prompt_tokens, max_tokens_limit)
+    image_limits = ImageLimits(max_images, max_image_bytes, image_checks or ImageCheckConfig())
+    if max_request_bytes is None:
+        max_request_bytes = DEFAULT_MAX_REQUEST_BYTES + (
+            image_limits.max_base64_chars if engine.reads_images else 0)
     name = model_name or Path(model_dir).resolve().name
     worker = GenerationWorker(engine)
 
@@ -93,6 +121,7 @@ def create_app(
         worker.close()
 
     app = FastAPI(title="MiniMind chat", lifespan=lifespan)
+    app.state.engine = engine
     app.add_middleware(BodySizeLimit, max_bytes=max_request_bytes)
     _install_error_handlers(app)
     authorised = Depends(_bearer_check(api_key))
@@ -113,10 +142,11 @@ def create_app(
         if request.model != name:
             raise OpenAIError(404, f"The model '{request.model}' does not exist; this server "
                               f"serves '{name}'.", param="model", code="model_not_found")
+        images = await run_in_threadpool(_request_images, engine, request, image_limits)
         prompt_ids = await run_in_threadpool(_encode_prompt, engine, request)
         settings = _generation_settings(request, len(prompt_ids), limits)
         envelope = Envelope(model=name, prompt_tokens=len(prompt_ids))
-        deltas = worker.stream(prompt_ids, settings)
+        deltas = worker.stream(prompt_ids, settings, images)
         if request.stream:
             events = _sse_events(envelope, deltas, request.include_usage)
             return StreamingResponse(events, media_type="text/event-stream",
@@ -189,8 +219,49 @@ def _bearer_check(api_key: str | None) -> Callable[[Request], Awaitable[None]]:
     return check
 
 
+def _request_images(engine: ChatEngine, request: ChatCompletionRequest,
+                    limits: ImageLimits) -> list[Image.Image]:
+    """The request's images in prompt order, decoded and checked; a 4xx for any refused.
+
+    The checks that need no pixels come first (does the model read images, are they in user
+    turns, how many), so a refused request decodes nothing.
+    """
+    found: list[tuple[str, ImagePart]] = []
+    for i, message in enumerate(request.messages):
+        where = f"messages[{i}].content"
+        for j, part in enumerate(message.parts):
+            param = f"{where}[{j}]" if isinstance(message.content, list) else where
+            if isinstance(part, ImagePart):
+                found.append((param, part))
+            elif engine.reads_images and (IMAGE_MARKER in part.text or IMAGE_PAD in part.text):
+                raise OpenAIError(400, f"Text may not contain {IMAGE_MARKER} or {IMAGE_PAD} "
+                                  "itself: send each image as an image_url content part, "
+                                  "placed where the image belongs.", param=param,
+                                  code="invalid_value")
+        if message.images and engine.reads_images and message.role != "user":
+            raise OpenAIError(400, f"Images are accepted in user messages only, not in a "
+                              f"{message.role!r} message.", param=where, code="invalid_value")
+    if not found:
+        return []
+    if not engine.reads_images:
+        raise OpenAIError(400, "This model reads text only: image_url content parts are not "
+                          "supported.", param=found[0][0], code="images_not_supported")
+    if len(found) > limits.max_images:
+        raise OpenAIError(400, f"The request holds {len(found)} images; this server accepts "
+                          f"at most {limits.max_images}.", param="messages",
+                          code="too_many_images")
+    images = []
+    for param, part in found:
+        try:
+            images.append(load_image(part.url, limits))
+        except ImageInputError as error:
+            raise OpenAIError(error.status, error.message, param=param,
+                              code=error.code) from None
+    return images
+
+
 def _encode_prompt(engine: ChatEngine, request: ChatCompletionRequest) -> list[int]:
-    messages = [message.for_template() for message in request.messages]
+    messages = [message.for_template(IMAGE_MARKER) for message in request.messages]
     try:
         return engine.prompt_ids(messages, tools=request.tools)
     except TemplateError as error:

@@ -9,20 +9,30 @@ concatenation of the same deltas, so both modes return exactly the same text.
 Generations are meant to run one at a time (each keeps its own KV cache): unbatched
 generations run side by side only split the same compute between them. The HTTP server queues
 them onto a single worker thread; the terminal chat calls the engine directly.
+
+A vision-language folder (`minimind-vlm`) comes with the vision encoder its config names; the
+encoder runs on each request's images at the start of its generation (on the same thread as
+the model), and the features fill the image's `<|image_pad|>` run on the prefill step.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import minimind.model  # noqa: F401  (registers MiniMind with the Auto classes)
+from minimind.data.vlm_tokens import expand_images
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from minimind.encoders import VisionEncoder
 
 FinishReason = Literal["stop", "length"]
 REPLACEMENT_CHAR = "\ufffd"  # what decode() shows for a UTF-8 sequence cut in the middle
@@ -51,25 +61,48 @@ class Delta:
 
 
 class ChatEngine:
-    """A causal LM and its chat tokenizer, turned into a stream of reply text."""
+    """A causal LM and its chat tokenizer, turned into a stream of reply text.
 
-    def __init__(self, model: Any, tokenizer: Any) -> None:
+    `vision`: the encoder of a vision-language model (None for a text model); its tokens per
+    image and width must be what the model's projector was trained on.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, vision: VisionEncoder | None = None) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device
-        self.context_length: int = model.config.max_position_embeddings
+        self.context_length: int = model.config.get_text_config().max_position_embeddings
         self.end_of_turn_ids = _end_of_turn_ids(model, tokenizer)
+        self.vision = vision
+        if vision is not None:
+            wanted = (model.config.image_tokens, model.config.vision_feature_dim)
+            if (vision.num_tokens, vision.feature_dim) != wanted:
+                raise ValueError(f"the vision encoder {vision.spec!r} gives {vision.num_tokens} "
+                                 f"tokens of width {vision.feature_dim} per image; the model "
+                                 f"expects {wanted[0]} of width {wanted[1]}")
 
     @classmethod
     def from_folder(cls, model_dir: str | Path, device: str | None = None) -> ChatEngine:
-        """Load a Hugging Face model folder (MiniMind or an exported Qwen3) and its tokenizer."""
+        """Load a Hugging Face model folder (MiniMind, MiniMind-V or an exported Qwen3) and
+        its tokenizer; a MiniMind-V folder also loads the vision encoder its config names."""
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         model = AutoModelForCausalLM.from_pretrained(model_dir).to(device)
-        return cls(model, AutoTokenizer.from_pretrained(model_dir))
+        return cls(model, AutoTokenizer.from_pretrained(model_dir),
+                   _vision_encoder(model.config, model_dir, device))
+
+    @property
+    def reads_images(self) -> bool:
+        return self.vision is not None
 
     def prompt_ids(self, messages: list[dict[str, Any]], tools: list[Any] | None = None
                    ) -> list[int]:
-        """Token ids of `messages` in the chat template, ending with the assistant's header."""
+        """Token ids of `messages` in the chat template, ending with the assistant's header.
+
+        For a vision-language model each `<image>` marker of a user turn becomes the image's
+        run of `<|image_pad|>` tokens.
+        """
+        if self.vision is not None:
+            messages = expand_images(messages, self.model.config.image_tokens)
         encoded = self.tokenizer.apply_chat_template(
             messages, tools=tools, add_generation_prompt=True, tokenize=True, return_dict=True
         )
@@ -77,13 +110,20 @@ class ChatEngine:
 
     @torch.inference_mode()
     def stream(self, prompt_ids: list[int], settings: GenerationSettings,
-               cancelled: threading.Event | None = None) -> Iterator[Delta]:
+               cancelled: threading.Event | None = None,
+               images: Sequence[Image.Image] = ()) -> Iterator[Delta]:
         """Yield the reply to `prompt_ids` as text deltas; the last delta says why it ended.
 
         Text that could still turn into a stop string, or that ends inside a multi-byte
         character, is held back until the next tokens decide it. Setting `cancelled` ends the
-        generation after the current token, without a final delta.
+        generation after the current token, without a final delta. `images` (RGB, in the
+        order of their pad runs in the prompt) go through the vision encoder first.
         """
+        inputs: dict[str, Any] = {}  # what only the prefill step gets
+        if images:
+            if self.vision is None:
+                raise ValueError("this model reads text only; it cannot take images")
+            inputs["image_features"] = self.vision.encode(list(images)).to(self.device)
         generator = torch.Generator(self.device)
         if settings.seed is None:
             generator.seed()  # a fresh random seed
@@ -95,7 +135,8 @@ class ChatEngine:
         sent = 0  # characters of the reply already yielded
         while True:
             output = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True,
-                                logits_to_keep=1)
+                                logits_to_keep=1, **inputs)
+            inputs = {}
             cache = output.past_key_values
             token = _next_token(output.logits[0, -1], generated, settings, generator)
             generated.append(token)
@@ -116,6 +157,19 @@ class ChatEngine:
                 yield Delta(text[sent:ready], len(generated))
                 sent = ready
             input_ids = torch.tensor([[token]], device=self.device)
+
+
+def _vision_encoder(config: Any, model_dir: str | Path, device: str) -> VisionEncoder | None:
+    """The encoder a vision-language config names (`vision_encoder.encoder`); None for text."""
+    if not hasattr(config, "image_tokens"):
+        return None
+    spec = (getattr(config, "vision_encoder", None) or {}).get("encoder")
+    if not spec:
+        raise ValueError(f"{model_dir} is a vision-language model but its config.json names no "
+                         "vision encoder (vision_encoder.encoder)")
+    from minimind.encoders import load_vision_encoder
+
+    return load_vision_encoder(spec, device)
 
 
 def _end_of_turn_ids(model: Any, tokenizer: Any) -> frozenset[int]:

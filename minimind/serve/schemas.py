@@ -2,8 +2,12 @@
 
 Fields a client may send but this server has no use for (`user`, `metadata`, `store`, ...) are
 ignored, as OpenAI-compatible servers usually do. Fields that would change what comes back and
-that we cannot honour (`n` > 1, non-text content parts, unknown roles) are rejected with a 400.
-Nullable fields accept an explicit null and mean "the default", since some clients send that.
+that we cannot honour (`n` > 1, content parts other than text and image_url, unknown roles) are
+rejected with a 400. Nullable fields accept an explicit null and mean "the default", since some
+clients send that.
+
+Image parts are only parsed here (their place among the text and their URL); whether the served
+model reads images, and whether the image itself is acceptable, the app decides.
 """
 
 from __future__ import annotations
@@ -35,35 +39,66 @@ class ToolCall(BaseModel):
     function: FunctionCall
 
 
+class TextPart(BaseModel):
+    text: str
+
+
+class ImagePart(BaseModel):
+    url: str  # `data:image/...;base64,...`; anything else is refused by the app
+
+
+ContentPart = TextPart | ImagePart
+
+
 class ChatMessage(BaseModel):
-    """One turn. Content is a string or a list of `{"type": "text", "text": ...}` parts."""
+    """One turn. Content is a string or a list of text and image_url parts."""
 
     model_config = ConfigDict(extra="ignore")
 
     role: Role
-    content: str | None = None  # None: an assistant turn that only calls tools
+    content: str | list[ContentPart] | None = None  # None: a turn that only calls tools
     tool_calls: list[ToolCall] | None = None
 
     @field_validator("content", mode="before")
     @classmethod
-    def _join_text_parts(cls, content: Any) -> Any:
+    def _parse_parts(cls, content: Any) -> Any:
         if isinstance(content, list):
-            return "\n".join(_text_of_part(part) for part in content)
+            return [_parse_part(part) for part in content]
         return content
 
-    def for_template(self) -> dict[str, Any]:
-        """The message as the chat template reads it."""
-        message: dict[str, Any] = {"role": self.role, "content": self.content or ""}
+    @property
+    def parts(self) -> list[ContentPart]:
+        if isinstance(self.content, list):
+            return self.content
+        return [TextPart(text=self.content)] if self.content else []
+
+    @property
+    def images(self) -> list[ImagePart]:
+        return [part for part in self.parts if isinstance(part, ImagePart)]
+
+    def for_template(self, image_marker: str = "") -> dict[str, Any]:
+        """The message as the chat template reads it; each image part becomes `image_marker`.
+
+        Parts are joined with newlines, the layout of the training data
+        (`"<image>\nDescribe the image."`).
+        """
+        text = "\n".join(part.text if isinstance(part, TextPart) else image_marker
+                         for part in self.parts)
+        message: dict[str, Any] = {"role": self.role, "content": text}
         if self.tool_calls:
             message["tool_calls"] = [call.model_dump() for call in self.tool_calls]
         return message
 
 
-def _text_of_part(part: Any) -> str:
-    if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
-        return part["text"]
-    raise ValueError('content parts must be {"type": "text", "text": "..."}: '
-                     "this model reads text only")
+def _parse_part(part: Any) -> ContentPart:
+    kind = part.get("type") if isinstance(part, dict) else None
+    if kind == "text" and isinstance(part.get("text"), str):
+        return TextPart(text=part["text"])
+    image = part.get("image_url") if kind == "image_url" else None
+    if isinstance(image, dict) and isinstance(image.get("url"), str):
+        return ImagePart(url=image["url"])
+    raise ValueError('content parts must be {"type": "text", "text": "..."} or '
+                     '{"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}}')
 
 
 class StreamOptions(BaseModel):

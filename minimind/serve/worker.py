@@ -13,10 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from minimind.serve.engine import ChatEngine, Delta, GenerationSettings
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 _FINISHED = object()  # marks the end of a generation in the delta queue
 
@@ -28,9 +32,10 @@ class GenerationWorker:
         self.engine = engine
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="minimind-generate")
 
-    async def stream(self, prompt_ids: list[int], settings: GenerationSettings
-                     ) -> AsyncIterator[Delta]:
-        """The engine's deltas for this prompt, delivered on the event loop as they are made.
+    async def stream(self, prompt_ids: list[int], settings: GenerationSettings,
+                     images: Sequence[Image.Image] = ()) -> AsyncIterator[Delta]:
+        """The engine's deltas for this prompt (and its images, encoded on the worker thread),
+        delivered on the event loop as they are made.
 
         Leaving the loop early (client disconnect, error) cancels the generation.
         """
@@ -44,7 +49,7 @@ class GenerationWorker:
 
         def generate() -> None:
             try:
-                for delta in self.engine.stream(prompt_ids, settings, cancelled):
+                for delta in self.engine.stream(prompt_ids, settings, cancelled, images):
                     forward(delta)
             except Exception as error:  # re-raised on the event loop, in the request
                 forward(error)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -26,11 +26,21 @@ def mean_token_loss(model: nn.Module, rows: Sequence[Row], batch_size: int,
     """
     if max_rows is not None:
         rows = spread(rows, max_rows)
+    return mean_batch_loss(model, eval_batches(rows, batch_size))
+
+
+@torch.no_grad()
+def mean_batch_loss(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]) -> float:
+    """Cross-entropy per loss token (nats) over ready-made batches (see `mean_token_loss`).
+
+    Every key of a batch but `labels` is passed to the model, so batches may carry extra
+    inputs (e.g. image features).
+    """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     total, tokens = 0.0, 0
-    for batch in eval_batches(rows, batch_size):
+    for batch in batches:
         batch = {k: v.to(device) for k, v in batch.items()}
         labels = batch.pop("labels")[:, 1:]
         count = int((labels != -100).sum())

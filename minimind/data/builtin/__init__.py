@@ -3,7 +3,9 @@
 Why: the default pipeline must run end to end with no network and no model hub, yet train on
 real language rather than lorem ipsum. Each source turns the data files of a PyPI package into
 records in MiniMind's JSONL schemas (`pretrain`: `{"text"}`, `sft`: `{"conversations"}`, `dpo`:
-`{"chosen", "rejected"}`); the download stage writes them to `data/raw/<name>/`.
+`{"chosen", "rejected"}`; `vlm`: `{"conversations", "image_bytes"}` as in MiniMind-V, with PNG
+bytes or a list of them); the download stage writes them to `data/raw/<name>/` (JSONL, and
+Parquet for `vlm`, whose image bytes JSON cannot hold).
 
 Every `build(limit, seed)` is a generator: deterministic for a given (limit, seed), it yields at
 most `limit` records (all it has when limit is None) and reads package files only when iterated,
@@ -19,6 +21,7 @@ from typing import Literal
 from minimind.data.builtin.dialogues import build_dialogues
 from minimind.data.builtin.en_text import build_en_shakespeare
 from minimind.data.builtin.preferences import build_dpo_pairs
+from minimind.data.builtin.scenes import build_scene_captions, build_scene_vqa
 from minimind.data.builtin.tools import build_tool_calls
 from minimind.data.builtin.wiki import build_en_wiki, build_wiki_qa
 from minimind.data.builtin.zh_text import build_zh_news, build_zh_reviews
@@ -72,10 +75,20 @@ _SOURCES = (
         build_tool_calls),
     BuiltinSource(
         "dpo_pairs", "dpo",
-        "Preference pairs: wiki QA (chosen: the article's lead; rejected: another article's), "
-        "review requests (chosen: requested sentiment; rejected: opposite), arithmetic "
-        "(chosen: exact value; rejected: wrong number); CC BY-SA / MIT / generated.",
+        "Preference pairs: wiki QA (rejected: another article's lead), review requests "
+        "(rejected: the opposite sentiment), and answers vs the same answer in the wrong "
+        "language, stuck repeating, or cut off halfway; CC BY-SA / MIT.",
         build_dpo_pairs),
+    BuiltinSource(
+        "scene_captions", "vlm",
+        "Procedurally drawn 224x224 scenes (1-4 coloured shapes in a 3x3 grid) captioned from "
+        "their scene graph: every object's size, colour, shape and position; generated here.",
+        build_scene_captions),
+    BuiltinSource(
+        "scene_vqa", "vlm",
+        "Questions about drawn scenes with exact short answers (colour, shape, count, position; "
+        "10% compare two images' object counts), balanced per answer; generated here.",
+        build_scene_vqa),
 )
 
 BUILTIN_SOURCES: dict[str, BuiltinSource] = {source.name: source for source in _SOURCES}
