@@ -59,8 +59,10 @@ def test_data_stages_rerun_exactly_what_changed(project) -> None:
 def test_training_stages_rerun_exactly_what_changed(project) -> None:
     root, env, dvc = project
     first = run(dvc, root, env)  # the data half is up to date: only the training half runs
-    downstream = {"dpo", "eval", "export"}
-    assert executed(first.stdout) == {"tokenize", "pretrain", "sft"} | downstream, first.stdout
+    vision = {"align", "eval_vlm", "export_vlm"}
+    downstream = {"dpo", "eval", "export"} | vision
+    assert executed(first.stdout) == {"tokenize", "features", "pretrain", "sft"} | downstream, \
+        first.stdout
     pretrain = json.loads((root / "metrics" / "pretrain.json").read_text())
     sft = json.loads((root / "metrics" / "sft.json").read_text())
     assert pretrain["val_loss"] < pretrain["unigram_entropy"]
@@ -72,6 +74,7 @@ def test_training_stages_rerun_exactly_what_changed(project) -> None:
     assert "lang/zh" in evaluation["perplexity"]["pretrain"]
     assert evaluation["qa_accuracy"]["sft"]["chance"] == 0.25
     assert 0 <= evaluation["dpo_preference"]["reward_accuracy"] <= 1
+    check_vision_outputs(root)
     run(["git", "add", "-A"], root, env)
     run(["git", "commit", "-qm", "trained"], root, env)
 
@@ -80,6 +83,11 @@ def test_training_stages_rerun_exactly_what_changed(project) -> None:
     assert executed(run(dvc, root, env).stdout) == {"pretrain", "sft"} | downstream
     set_param(root, "sft.train.lr", 0.0005)
     assert executed(run(dvc, root, env).stdout) == {"sft"} | downstream
+    # Encoder params rerun the feature cache and what reads it, nothing upstream (the rest
+    # only when the features came out different).
+    set_param(root, "features.vision.batch_size", 7)
+    rerun = executed(run(dvc, root, env).stdout)
+    assert "features" in rerun and rerun <= {"features"} | vision, rerun
     # Finished runs leave one checkpoint folder per stage: the current params' one.
     assert len(list((root / "checkpoints" / "pretrain").iterdir())) == 1
     # DVC compares the new metrics with the committed ones.
@@ -87,6 +95,22 @@ def test_training_stages_rerun_exactly_what_changed(project) -> None:
     assert "metrics/eval.json" in diff and "metrics/sft.json" in diff
     check_registered_model(root)
     check_plots(root, env)
+
+
+def check_vision_outputs(root: Path) -> None:
+    """The vision path ran: cached features, per-type VQA beside chance, a loadable export."""
+    features = json.loads((root / "metrics" / "features.json").read_text())["vision"]
+    assert features["unique_images"] == features["images"] > 0
+    assert (features["num_tokens"], features["feature_dim"]) == (49, 1280)
+    align = json.loads((root / "metrics" / "align.json").read_text())
+    assert align["phase1"]["llm_unchanged"] is True
+    assert align["phase2"]["val_loss"] < align["phase2"]["val_loss_before"]
+    vqa = json.loads((root / "metrics" / "eval_vlm.json").read_text())
+    assert {"colour", "shape", "count", "position"} <= set(vqa)
+    assert all(0 < vqa[kind]["chance"] < 1 for kind in ("colour", "shape", "count", "position"))
+    exported = json.loads((root / "metrics" / "export_vlm.json").read_text())
+    assert exported["max_logit_diff"] <= 1e-5
+    assert (root / "models" / "export-vlm" / "encoder.json").is_file()
 
 
 def check_plots(root: Path, env: dict[str, str]) -> None:
