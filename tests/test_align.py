@@ -17,7 +17,6 @@ from minimind.data.features import FeatureStore
 from minimind.data.vlm_tokens import IMAGE_PAD, VLMBatchStream, VLMDataset, eval_vlm_batches
 from minimind.model import MiniMindForCausalLM, MiniMindVLM, preset_config
 from minimind.model.vlm import trainable_filter
-from minimind.tokenizer import train_tokenizer
 from minimind.training import TrainConfig, Trainer
 from minimind.training.evaluate import mean_batch_loss
 from minimind.vlm_eval import caption_samples, normalise_answer, vqa_accuracy
@@ -26,7 +25,7 @@ from tests.vlm_data import (
     FEATURE_DIM,
     IMAGE_TOKENS,
     make_records,
-    tokenizer_texts,
+    small_tokenizer,
     write_feature_cache,
 )
 
@@ -35,7 +34,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return train_tokenizer(tokenizer_texts(), vocab_size=400, show_progress=False)
+    return small_tokenizer()
 
 
 @pytest.fixture(scope="module")

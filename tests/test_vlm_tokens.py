@@ -17,12 +17,11 @@ from minimind.data.vlm_tokens import (
     encode_vlm,
     eval_vlm_batches,
 )
-from minimind.tokenizer import train_tokenizer
 from tests.vlm_data import (
     IMAGE_TOKENS,
     assistant,
     make_records,
-    tokenizer_texts,
+    small_tokenizer,
     user,
     write_clean_vlm,
     write_feature_cache,
@@ -33,7 +32,7 @@ N = IMAGE_TOKENS
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return train_tokenizer(tokenizer_texts(), vocab_size=400, show_progress=False)
+    return small_tokenizer()
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from transformers import PreTrainedTokenizerFast
+
+from minimind.tokenizer import train_tokenizer
 
 COLOURS = ("red", "green", "blue", "yellow", "purple", "orange")
 IMAGE_TOKENS = 4
@@ -121,3 +124,8 @@ def tokenizer_texts() -> list[str]:
     words = [*COLOURS, "circle", "Describe the image.", "What colour is the circle?",
              "What shape is it?", "first", "second", "A", "The"]
     return [" ".join(words)] * 20 + [f"A {c} circle." for c in COLOURS] * 10
+
+
+def small_tokenizer() -> PreTrainedTokenizerFast:
+    """A 400-token tokenizer of the synthetic conversations (trained in a fraction of a second)."""
+    return train_tokenizer(tokenizer_texts(), vocab_size=400, show_progress=False)
