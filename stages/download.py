@@ -4,7 +4,8 @@ URIs: `hf://<owner>/<repo>/<path>[@rev]` (huggingface_hub; honours $HF_ENDPOINT)
 `https://…` (resumable, retried, checksummed), `file://…` (a file or a directory of data
 files; for a vlm source also the image files in that directory tree, which JSONL records
 name by paths relative to their own file) and `builtin:<name>` (the offline embedded
-corpora, built from PyPI packages; vlm ones are written as Parquet with the image bytes).
+corpora, built from PyPI packages; vlm and omni ones are written as Parquet with the media
+bytes).
 data/raw/manifest.json tells clean which files hold which kind of records.
 """
 
@@ -74,9 +75,9 @@ def fetch_source(ctx: StageContext, source: Any, out_dir: Path
 def build_builtin(name: str, limit: int | None, seed: int, stem: Path) -> Any:
     """Write an embedded corpus atomically and describe it like a download.
 
-    Records go to `<stem>.jsonl`, except vlm records, whose image bytes JSON cannot hold: those
-    go to `<stem>.parquet` in MiniMind-V's layout (`conversations` as a JSON string,
-    `image_bytes` binary, or list<binary> when any record has several images).
+    Records go to `<stem>.jsonl`, except vlm and omni records, whose media bytes JSON cannot
+    hold: those go to `<stem>.parquet` in MiniMind-V's / MiniMind-O's layout (`conversations`
+    as a JSON string, media columns binary or list<binary>; see write_vlm_parquet).
     """
     from tqdm.auto import tqdm
 
@@ -87,7 +88,7 @@ def build_builtin(name: str, limit: int | None, seed: int, stem: Path) -> Any:
     source = get_builtin(name)
     records = tqdm(source.build(limit, seed), desc=f"builtin:{name}", unit="rec", total=limit,
                    leave=False)
-    if source.kind == "vlm":
+    if source.kind in ("vlm", "omni"):
         dest = stem.with_name(f"{stem.name}.parquet")
         with atomic_file(dest, "wb") as handle:
             write_vlm_parquet(records, handle)
@@ -99,25 +100,35 @@ def build_builtin(name: str, limit: int | None, seed: int, stem: Path) -> Any:
     return Fetched(dest, sha256_file(dest), dest.stat().st_size)
 
 
-def write_vlm_parquet(records: Iterable[dict], handle: Any, row_group_rows: int = 256) -> int:
-    """Write vlm records (`conversations` list, `image_bytes` bytes or list) as Parquet.
+MEDIA_COLUMNS = ("image_bytes", "question_audios", "answer_audio")
+LIST_COLUMNS = ("question_audios",)  # always a list, even with one clip (MiniMind-O)
 
-    The column type must be known before the first row is written and one record with two
-    images makes it a list for all, so the records are gathered first: builtin corpora are a
-    few thousand small PNGs, tens of MB at most.
+
+def write_vlm_parquet(records: Iterable[dict], handle: Any, row_group_rows: int = 256) -> int:
+    """Write vlm/omni records (`conversations` list plus media bytes) as Parquet.
+
+    Media columns are the `MEDIA_COLUMNS` any record holds, null where a record has none
+    (an omni transcription shows no image). A column's type must be known before the first
+    row is written, and one record with two images makes `image_bytes` a list for all, so the
+    records are gathered first: builtin corpora are a few thousand small PNGs and short clips,
+    tens to a few hundred MB at most.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     rows = [{"conversations": json.dumps(r["conversations"], ensure_ascii=False),
-             "image_bytes": r["image_bytes"]} for r in records]
-    several = any(isinstance(row["image_bytes"], list) for row in rows)
-    if several:
-        for row in rows:
-            if not isinstance(row["image_bytes"], list):
-                row["image_bytes"] = [row["image_bytes"]]
-    images = pa.list_(pa.binary()) if several else pa.binary()
-    schema = pa.schema([("conversations", pa.string()), ("image_bytes", images)])
+             **{key: r[key] for key in MEDIA_COLUMNS if key in r}} for r in records]
+    fields = [("conversations", pa.string())]
+    for key in MEDIA_COLUMNS:
+        values = [row.get(key) for row in rows]
+        if all(value is None for value in values):
+            continue
+        several = key in LIST_COLUMNS or any(isinstance(value, list) for value in values)
+        if several:
+            for row, value in zip(rows, values, strict=True):
+                row[key] = value if value is None or isinstance(value, list) else [value]
+        fields.append((key, pa.list_(pa.binary()) if several else pa.binary()))
+    schema = pa.schema(fields)
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), handle,
                    row_group_size=row_group_rows, compression="zstd")
     return len(rows)

@@ -191,6 +191,6 @@ def test_long_documents_are_split_without_losing_text() -> None:
 
 def test_unsupported_kind_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "v.jsonl").write_text('{"conversations": []}\n')
-    sources = [{"name": "v", "kind": "omni", "files": [{"path": "v.jsonl"}]}]
-    with pytest.raises(ValueError, match="v.jsonl: cleaning 'omni' records is not supported yet"):
+    sources = [{"name": "v", "kind": "video", "files": [{"path": "v.jsonl"}]}]
+    with pytest.raises(ValueError, match="v.jsonl: cleaning 'video' records is not supported yet"):
         run_clean(tmp_path, sources, tmp_path / "out")

@@ -14,6 +14,13 @@ unique image is stored once in `images/`. Records are deduplicated exactly on th
 image hashes (text similarity says nothing about whether two images are alike, so near-dup is
 off for them), and split by their image hashes rather than their text, so the conversations
 about one image land in the same split and held-out images are unseen in training.
+
+omni records (MiniMind-O) are vlm records plus audio (`minimind.data.audio`): one `<audio>`
+marker per question clip, every clip decodable, within the duration limits and normalised to
+16 kHz mono PCM16 WAV, and an optional spoken answer. Rows add the clips' sha256
+(`question_audios`, `answer_audio`) and each unique clip is stored once in `audio/`. The image
+may be absent (a transcription request is audio only); such records split by their text,
+which holds the clips' hashes.
 """
 
 from __future__ import annotations
@@ -30,6 +37,15 @@ import xxhash
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
+from minimind.data.audio import (
+    AudioCheckConfig,
+    AudioError,
+    AudioStore,
+    CleanAudio,
+    describe_audio,
+    normalize_audio,
+    read_audio_ref,
+)
 from minimind.data.dedup import DedupConfig, Deduplicator
 from minimind.data.images import (
     CleanImage,
@@ -43,24 +59,32 @@ from minimind.data.images import (
 from minimind.data.quality import QualityConfig, quality_issue
 from minimind.data.readers import ReadIssue, iter_records
 from minimind.data.records import (
+    AUDIO_MARKER,
     IMAGE_MARKER,
     SchemaError,
+    audio_refs,
+    check_audio_markers,
     check_image_markers,
     image_refs,
     validate_record,
 )
-from minimind.data.shards import ShardWriter
+from minimind.data.shards import ShardWriter, UniqueRowStore
 from minimind.data.textnorm import detect_lang, normalize_record
 
-CLEANABLE_KINDS = ("pretrain", "sft", "dpo", "vlm")
+CLEANABLE_KINDS = ("pretrain", "sft", "dpo", "vlm", "omni")
+MEDIA_KINDS = ("vlm", "omni")
 _META = [("lang", pa.string()), ("source", pa.string()), ("origin", pa.string())]
 SCHEMAS = {
     "pretrain": pa.schema([("text", pa.string()), *_META]),
     "sft": pa.schema([("conversations", pa.string()), *_META]),
     "dpo": pa.schema([("chosen", pa.string()), ("rejected", pa.string()), *_META]),
     "vlm": pa.schema([("conversations", pa.string()), ("images", pa.list_(pa.string())), *_META]),
+    "omni": pa.schema([("conversations", pa.string()), ("images", pa.list_(pa.string())),
+                       ("question_audios", pa.list_(pa.string())), ("answer_audio", pa.string()),
+                       *_META]),
 }
 IMAGES_DIR = "images"
+AUDIO_DIR = "audio"
 SPLITS = ("train", "val")
 
 
@@ -80,18 +104,20 @@ class CleanConfig(BaseModel):
     quality: QualityConfig = QualityConfig()
     dedup: DedupConfig = DedupConfig()
     images: ImageCheckConfig = ImageCheckConfig()
+    audio: AudioCheckConfig = AudioCheckConfig()
 
 
 @dataclass
 class Doc:
     """One output row in the making: its columns, the text that identifies it, its language,
-    and the checked images it refers to (vlm), stored when the row is kept."""
+    and the checked images and clips it refers to (vlm, omni), stored when the row is kept."""
 
     columns: dict[str, Any]
     text: str
     lang: str
     origin: str
     images: tuple[CleanImage, ...] = ()
+    audios: tuple[CleanAudio, ...] = ()
 
 
 def split_long_text(text: str, max_chars: int) -> list[str]:
@@ -138,8 +164,9 @@ def _size(messages: list[dict[str, Any]]) -> int:
 
 
 def _spoken_text(messages: list[dict[str, Any]]) -> str:
-    """The natural-language part of a conversation (no image markers), for language detection."""
-    return " ".join(m["content"].replace(IMAGE_MARKER, " ") for m in messages
+    """The natural-language part of a conversation (no media markers), for language detection."""
+    return " ".join(m["content"].replace(IMAGE_MARKER, " ").replace(AUDIO_MARKER, " ")
+                    for m in messages
                     if m["role"] in ("user", "assistant"))
 
 
@@ -165,8 +192,8 @@ class RejectSink:
 
 
 def _jsonable(value: Any) -> Any:
-    if isinstance(value, bytes | bytearray):
-        return describe_bytes(bytes(value))
+    if isinstance(value, bytes | bytearray):  # media: described, never dumped
+        return describe_audio(bytes(value)) or describe_bytes(bytes(value))
     return repr(value)
 
 
@@ -180,7 +207,7 @@ class Cleaner:
         self.rejects = RejectSink(out_dir / "rejects.jsonl")
         self._writers: dict[tuple[str, str], ShardWriter] = {}
         self._dedup: dict[str, Deduplicator] = {}
-        self._images: ImageStore | None = None
+        self._stores: dict[str, UniqueRowStore] = {}
         self.stats: dict[str, Counter[str]] = defaultdict(Counter)
 
     # -- one file --------------------------------------------------------------------------
@@ -202,6 +229,8 @@ class Cleaner:
             except SchemaError as exc:
                 if isinstance(exc, ImageError):
                     stats["images.rejected"] += 1
+                elif isinstance(exc, AudioError):
+                    stats["audio.rejected"] += 1
                 self.rejects.add(exc.reason, exc.detail, source, origin, item.value)
                 continue
             kept = 0
@@ -222,8 +251,7 @@ class Cleaner:
             return [Doc({"text": p}, p, detect_lang(p),
                         origin if len(pieces) == 1 else f"{origin}#{i}")
                     for i, p in enumerate(pieces)]
-        images: tuple[CleanImage, ...] = ()
-        if kind in ("sft", "vlm"):
+        if kind != "dpo":
             turns = [record["conversations"]]
             text = _dialogue_text(record["conversations"])
             columns = {"conversations": json.dumps(record["conversations"], ensure_ascii=False)}
@@ -236,17 +264,26 @@ class Cleaner:
         if size > self.config.max_conversation_chars:
             raise SchemaError("too_long", f"{size} chars > max_conversation_chars "
                                           f"{self.config.max_conversation_chars}")
-        if kind == "vlm":
-            images = self._checked_images(record, base_dir)
+        images: tuple[CleanImage, ...] = ()
+        audios: tuple[CleanAudio, ...] = ()
+        if kind in MEDIA_KINDS:
+            images = self._checked_images(record, base_dir, required=kind == "vlm")
             columns["images"] = [image.sha256 for image in images]
             text += "\n" + " ".join(columns["images"])
+        if kind == "omni":
+            questions, answer = self._checked_audio(record, base_dir)
+            audios = questions + (() if answer is None else (answer,))
+            columns["question_audios"] = [clip.sha256 for clip in questions]
+            columns["answer_audio"] = None if answer is None else answer.sha256
+            text += "\n" + " ".join(clip.sha256 for clip in audios)
         lang_text = _spoken_text(turns[0])
-        return [Doc(columns, text, detect_lang(lang_text), origin, images)]
+        return [Doc(columns, text, detect_lang(lang_text), origin, images, audios)]
 
-    def _checked_images(self, record: dict[str, Any], base_dir: Path) -> tuple[CleanImage, ...]:
+    def _checked_images(self, record: dict[str, Any], base_dir: Path, required: bool
+                        ) -> tuple[CleanImage, ...]:
         """The record's images, checked and normalised, after its markers were matched."""
         refs = image_refs(record)
-        if not refs:
+        if not refs and required:
             raise SchemaError("no_image", "a vlm record needs an image (image_bytes or image); "
                                           "text-only conversations belong in an sft source")
         check_image_markers(record["conversations"], len(refs))
@@ -259,6 +296,27 @@ class Cleaner:
                 raise ImageError(exc.reason, f"image {i} of {len(refs)}: {exc.detail}") from None
         return tuple(images)
 
+    def _checked_audio(self, record: dict[str, Any], base_dir: Path
+                       ) -> tuple[tuple[CleanAudio, ...], CleanAudio | None]:
+        """The record's question clips and spoken answer, checked and normalised to 16 kHz."""
+        questions, answer = audio_refs(record)
+        if not questions and answer is None:
+            raise SchemaError("no_audio", "an omni record needs audio (question_audios or "
+                                          "answer_audio); image-text records belong in a vlm "
+                                          "source")
+        check_audio_markers(record["conversations"], len(questions))
+        config = self.config.audio
+
+        def clip(ref: bytes | str, where: str) -> CleanAudio:
+            try:
+                return normalize_audio(read_audio_ref(ref, base_dir, config), config)
+            except AudioError as exc:
+                raise AudioError(exc.reason, f"{where}: {exc.detail}") from None
+
+        checked = tuple(clip(ref, f"question audio {i} of {len(questions)}")
+                        for i, ref in enumerate(questions, 1))
+        return checked, None if answer is None else clip(answer, "answer audio")
+
     def _keep(self, kind: str, source: str, doc: Doc) -> bool:
         """Filter, dedup and write one document; True if it was written."""
         if kind == "pretrain":
@@ -268,7 +326,7 @@ class Cleaner:
                 return False
         if kind not in self._dedup:
             dedup_config = self.config.dedup
-            if kind == "vlm":  # the text key holds image hashes: only exact matches mean much
+            if kind in MEDIA_KINDS:  # the text key holds media hashes: only exact matches count
                 dedup_config = dedup_config.model_copy(update={"near": False})
             self._dedup[kind] = Deduplicator(dedup_config)
         dedup = self._dedup[kind]
@@ -283,15 +341,22 @@ class Cleaner:
             {**doc.columns, "lang": doc.lang, "source": source, "origin": doc.origin})
         self.stats[source][f"{kind}.{split}"] += 1
         self.stats[source][f"lang.{doc.lang}"] += 1
-        for image in doc.images:
-            stored = self._image_store().add(image)
-            self.stats[source]["images.stored" if stored else "images.duplicates"] += 1
+        for name, items in ((IMAGES_DIR, doc.images), (AUDIO_DIR, doc.audios)):
+            for item in items:
+                stored = self._store(name).add(item)
+                self.stats[source][f"{name}.stored" if stored else f"{name}.duplicates"] += 1
         return True
 
-    def _image_store(self) -> ImageStore:
-        if self._images is None:
-            self._images = ImageStore(self.out_dir / IMAGES_DIR, self.config.images.shard_rows)
-        return self._images
+    def _store(self, name: str) -> Any:
+        """The images/ or audio/ store, opened on first use."""
+        if name not in self._stores:
+            if name == IMAGES_DIR:
+                store: UniqueRowStore = ImageStore(self.out_dir / name,
+                                                   self.config.images.shard_rows)
+            else:
+                store = AudioStore(self.out_dir / name, self.config.audio.shard_rows)
+            self._stores[name] = store
+        return self._stores[name]
 
     def _split(self, text: str) -> str:
         """Deterministic by content: the same text always lands in the same split."""
@@ -309,12 +374,12 @@ class Cleaner:
     def close(self) -> None:
         for writer in self._writers.values():
             writer.close()
-        if self._images is not None:
-            self._images.close()
-        # The vision stages depend on these folders: with no vlm source they are empty, not
-        # missing, so a text-only corpus still has a well-formed (empty) image-text output.
-        for folder in (self.out_dir / IMAGES_DIR, self.out_dir / "vlm"):
-            folder.mkdir(parents=True, exist_ok=True)
+        for store in self._stores.values():
+            store.close()
+        # The multimodal stages depend on these folders: with no vlm/omni source they are
+        # empty, not missing, so a text-only corpus still has a well-formed (empty) output.
+        for folder in (IMAGES_DIR, AUDIO_DIR, *MEDIA_KINDS):
+            (self.out_dir / folder).mkdir(parents=True, exist_ok=True)
         self.rejects.close()
 
     def report(self, seconds: float) -> dict[str, Any]:
@@ -332,8 +397,9 @@ class Cleaner:
             "rows": dict(sorted(rows.items())),
             "by_source": {s: dict(sorted(c.items())) for s, c in sorted(self.stats.items())},
             "dedup": {kind: d.stats for kind, d in sorted(self._dedup.items())},
-            "images": {name: total[f"images.{name}"]
-                       for name in ("stored", "duplicates", "rejected")},
+            **{media: {name: total[f"{media}.{name}"]
+                       for name in ("stored", "duplicates", "rejected")}
+               for media in (IMAGES_DIR, AUDIO_DIR)},
             "seconds": round(seconds, 3),
             "records_per_s": round(total["records_in"] / max(seconds, 1e-9), 1),
         }

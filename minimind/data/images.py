@@ -30,7 +30,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from minimind.data.records import SchemaError
-from minimind.data.shards import ShardWriter, iter_rows, shard_paths
+from minimind.data.shards import UniqueRowStore, human_size, iter_rows, shard_paths
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -198,41 +198,19 @@ def describe_bytes(data: bytes) -> str:
                 kind = f"{image.format} {image.width}x{image.height}"
     except Exception:  # anything Pillow cannot identify
         kind = "not an image"
-    return f"<{kind}, {_human_size(len(data))}, sha256 {digest}>"
+    return f"<{kind}, {human_size(len(data))}, sha256 {digest}>"
 
 
-def _human_size(count: int) -> str:
-    if count < 1000:
-        return f"{count} B"
-    return f"{count / 1000:.1f} kB" if count < 1_000_000 else f"{count / 1e6:.1f} MB"
-
-
-class ImageStore:
+class ImageStore(UniqueRowStore):
     """The unique clean images of a corpus, each stored once in `images-NNNNN.parquet`."""
 
     def __init__(self, directory: Path, shard_rows: int) -> None:
-        # Small write buffer: rows are whole images, up to max_bytes each.
-        self._writer = ShardWriter(directory, IMAGES_PREFIX, IMAGE_SCHEMA, shard_rows,
-                                   buffer_rows=64)
-        self._stored: set[str] = set()
+        super().__init__(directory, IMAGES_PREFIX, IMAGE_SCHEMA, shard_rows)
 
     def add(self, image: CleanImage) -> bool:
         """Store the image unless its hash is already stored; True if it was new."""
-        if image.sha256 in self._stored:
-            return False
-        self._stored.add(image.sha256)
-        self._writer.write({"sha256": image.sha256, "image": image.png,
-                            "width": image.width, "height": image.height})
-        return True
-
-    def __contains__(self, sha256: str) -> bool:
-        return sha256 in self._stored
-
-    def __len__(self) -> int:
-        return len(self._stored)
-
-    def close(self) -> None:
-        self._writer.close()
+        return self._add(image.sha256, {"image": image.png, "width": image.width,
+                                        "height": image.height})
 
 
 def iter_clean_images(images_dir: Path) -> Iterator[tuple[str, bytes]]:

