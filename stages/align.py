@@ -58,7 +58,8 @@ def train_phase(ctx: StageContext, name: str, model: Any, phase: Any,
     log({"val_loss": before}, 0)
     batches = VLMBatchStream(data["train"], batch, seed=phase.train.seed)
     trainer = Trainer(model, phase.train, batches, ctx.checkpoint_dir() / name,
-                      log_metrics=log, evaluate=evaluate, trainable=trainable)
+                      log_metrics=log, evaluate=evaluate, trainable=trainable,
+                      forward_kwargs={"loss_only": True})
     final = trainer.fit()
     return {
         "val_loss_before": round(before, 4),

@@ -77,7 +77,7 @@ def main(ctx: StageContext) -> None:
     if rank == 0:
         curve({"val_loss": before}, 0)  # the held-out curve starts at the pretrained model
     trainer = Trainer(model, opts.train, batches, ctx.checkpoint_dir(),
-                      log_metrics=curve, evaluate=evaluate)
+                      log_metrics=curve, evaluate=evaluate, forward_kwargs={"loss_only": True})
     final = trainer.fit()
     if rank == 0:
         model = trainer.raw_model

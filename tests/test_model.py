@@ -453,6 +453,32 @@ def test_loss_ignores_masked_labels(dense):
     assert nothing.item() == 0.0
 
 
+@pytest.mark.parametrize("preset", ["tiny", "tiny-moe"])
+def test_loss_only_gives_the_same_loss_and_gradients_without_logits(preset):
+    """The head on supervised positions only: same loss, same gradients, no logits."""
+    model = make_model(preset)
+    model.train()
+    ids = tokens(2, 12, seed=22)
+    labels = ids.clone()
+    labels[0, :7] = IGNORE_INDEX  # a prompt, then an answer
+    labels[1, :10] = IGNORE_INDEX
+    grads = []
+    for loss_only in (False, True):
+        model.zero_grad()
+        out = model(ids, labels=labels, num_items_in_batch=6, loss_only=loss_only)
+        out.loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+        if loss_only:
+            assert out.logits is None
+        else:
+            full = out.loss
+    assert out.loss.item() == pytest.approx(full.item(), rel=1e-6)
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, rtol=1e-5, atol=1e-6, msg=name)
+    with pytest.raises(ValueError, match="loss_only needs labels"):
+        model(ids, loss_only=True)
+
+
 def test_num_items_in_batch_normalises_by_the_global_count(dense):
     """Two micro-batches each divided by the global token count add up to the mean loss of
     both together, however unevenly the supervised tokens are split between them."""

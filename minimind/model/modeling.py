@@ -357,12 +357,23 @@ def causal_lm_loss(
     `num_items_in_batch` when given (a trainer's global token count across gradient-accumulation
     steps and ranks), else by this batch's own count (0 when nothing is supervised, not NaN).
     """
-    targets = F.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:]
+    targets = shifted_targets(labels)
+    return token_loss(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                      num_items_in_batch)
+
+
+def shifted_targets(labels: torch.Tensor) -> torch.Tensor:
+    """labels (batch, seq) aligned with the inputs -> the token each position predicts."""
+    return F.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:]
+
+
+def token_loss(
+    logits: torch.Tensor, targets: torch.Tensor, num_items_in_batch: int | torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed float32 cross-entropy of (N, vocab) logits against (N,) targets (IGNORE_INDEX
+    counts for nothing) over `num_items_in_batch`, else over the target count."""
     loss_sum = F.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]),
-        targets.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="sum",
+        logits.float(), targets, ignore_index=IGNORE_INDEX, reduction="sum"
     )
     num_tokens = (targets != IGNORE_INDEX).sum()
     denominator = num_items_in_batch if num_items_in_batch is not None else num_tokens.clamp(min=1)
@@ -411,6 +422,7 @@ class MiniMindForCausalLM(PreTrainedModel, GenerationMixin):
         document_ids: torch.LongTensor | None = None,
         num_items_in_batch: int | torch.Tensor | None = None,
         logits_to_keep: int = 0,
+        loss_only: bool = False,
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
         **kwargs,
@@ -423,6 +435,11 @@ class MiniMindForCausalLM(PreTrainedModel, GenerationMixin):
             `position_ids`, positions restart at 0 at each document.
         num_items_in_batch: divide the summed token loss by this instead of the local count.
         logits_to_keep: if > 0, only the last `logits_to_keep` positions get logits.
+        loss_only: with `labels`, run the output head only on the positions the loss reads and
+            return no logits. The head and its softmax over the vocabulary cost about as much
+            as the whole tiny decoder per position, and an SFT or VQA row supervises a small
+            share of its positions (a scene question: ~6 of ~100), so training steps get
+            cheaper while the loss and its gradients are the same.
         use_cache: defaults to `config.use_cache` in eval mode and False in training.
         """
         if output_attentions:
@@ -431,6 +448,8 @@ class MiniMindForCausalLM(PreTrainedModel, GenerationMixin):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         if labels is not None and logits_to_keep:
             raise ValueError("logits_to_keep drops the positions the loss needs; use one of them")
+        if loss_only and labels is None:
+            raise ValueError("loss_only needs labels: it computes the loss and nothing else")
         if attention_mask is not None and attention_mask.dim() != 2:
             raise ValueError("attention_mask must be a 2D (batch, seq) 0/1 mask")
         if inputs_embeds is None:
@@ -453,7 +472,13 @@ class MiniMindForCausalLM(PreTrainedModel, GenerationMixin):
         hidden, router_stats, all_states = self.model(
             inputs_embeds, position_ids, mask, past_key_values, bool(output_hidden_states)
         )
-        logits = self.lm_head(hidden[:, -logits_to_keep:] if logits_to_keep else hidden)
+        if loss_only:
+            targets = shifted_targets(labels)
+            supervised = targets != IGNORE_INDEX
+            logits = self.lm_head(hidden[supervised])  # (supervised positions, vocab)
+            labels = targets[supervised]
+        else:
+            logits = self.lm_head(hidden[:, -logits_to_keep:] if logits_to_keep else hidden)
 
         aux_loss = None
         if router_stats:
@@ -464,7 +489,11 @@ class MiniMindForCausalLM(PreTrainedModel, GenerationMixin):
             )
         loss = None
         if labels is not None:
-            loss, num_tokens = causal_lm_loss(logits, labels, num_items_in_batch)
+            if loss_only:  # labels were already shifted and gathered with the hidden states
+                loss, num_tokens = token_loss(logits, labels, num_items_in_batch)
+                logits = None
+            else:
+                loss, num_tokens = causal_lm_loss(logits, labels, num_items_in_batch)
             if aux_loss is not None:
                 loss = loss + self.config.router_aux_loss_coef * aux_loss * _aux_share(
                     num_tokens, num_items_in_batch

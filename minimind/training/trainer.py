@@ -274,6 +274,8 @@ class Trainer:
         count_items: what N counts in a micro-batch (default: its loss tokens); summed over
             the accumulation micro-batches and ranks of the step like the token count.
         device: overrides the device `init_distributed` picks (e.g. CPU on a GPU machine).
+        forward_kwargs: extra keyword arguments of every training forward, e.g.
+            `{"loss_only": True}` for a MiniMind model (no logits where no loss is read).
     """
 
     def __init__(
@@ -288,8 +290,10 @@ class Trainer:
         trainable: Callable[[str], bool] | None = None,
         device: torch.device | str | None = None,
         count_items: Callable[[dict[str, torch.Tensor]], int] | None = None,
+        forward_kwargs: dict[str, Any] | None = None,
     ) -> None:
         self.config = config
+        self.forward_kwargs = dict(forward_kwargs or {})
         self.train_batches = train_batches
         self.count_items = count_items or count_loss_tokens
         self.checkpoint_path = Path(checkpoint_dir) / CHECKPOINT_NAME
@@ -429,7 +433,8 @@ class Trainer:
             batch = {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
             with self._gradient_sync(index == len(micro_batches) - 1):
                 with self._autocast():
-                    output = self.model(**batch, num_items_in_batch=num_items)
+                    output = self.model(**batch, num_items_in_batch=num_items,
+                                        **self.forward_kwargs)
                 (output.loss * self.world_size).backward()  # undo DDP's average over ranks
             totals[0] += output.loss.detach().float()
             aux_loss = getattr(output, "aux_loss", None)
