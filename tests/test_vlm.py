@@ -173,6 +173,22 @@ def test_from_language_model_copies_the_weights_bit_for_bit(vlm, llm):
     assert vlm.projector.fc2.out_features == llm.config.hidden_size
 
 
+def test_projector_tells_image_tokens_apart_by_place_only_with_positions(llm):
+    """The same feature at every token: with position embeddings each place projects to its
+    own vector (the LLM can read where an object is), without them all rows are equal."""
+    same = torch.randn(1, 1, D).expand(2, N, D)
+    for positions in (True, False):
+        torch.manual_seed(1)
+        config = MiniMindVLMConfig(text_config=llm.config.to_dict(), vision_feature_dim=D,
+                                   image_tokens=N, image_token_id=PAD, image_positions=positions)
+        projected = MiniMindVLM(config).projector(same)
+        assert projected.shape == (2, N, llm.config.hidden_size)
+        torch.testing.assert_close(projected[0], projected[1])  # per token, not per image
+        distinct = len({tuple(row.tolist()) for row in projected[0]})
+        assert distinct == (N if positions else 1)
+    assert trainable_filter(config)("projector.position")
+
+
 @pytest.mark.parametrize("auto", [AutoModelForCausalLM, AutoModelForImageTextToText])
 def test_save_and_load_round_trip_gives_equal_logits(vlm, tmp_path, auto):
     vlm.save_pretrained(tmp_path)

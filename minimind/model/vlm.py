@@ -3,8 +3,9 @@
 An image reaches the model as N feature vectors of width D from a frozen vision encoder (cached
 once per image by the features stage, never run while training). The chat text holds one run of
 N `<|image_pad|>` tokens per image; the projector (LayerNorm -> Linear -> GELU -> Linear) maps
-each feature vector into the LLM's embedding space and those vectors replace the pad tokens'
-embeddings, run by run in row-major order of the batch. Everything after that is the plain
+each feature vector into the LLM's embedding space, adds a learned embedding of the token's
+place in the image, and those vectors replace the pad tokens' embeddings, run by run in
+row-major order of the batch. Everything after that is the plain
 language model, so masks, RoPE, the KV cache and the loss are exactly the text model's.
 
 Generation: the features are only needed on the prefill step, when the pad tokens are in the
@@ -49,6 +50,7 @@ class MiniMindVLMConfig(PretrainedConfig):
     vision_feature_dim: int = 1280
     image_tokens: int = 49
     image_token_id: int = 5  # `<|image_pad|>` in the MiniMind tokenizer
+    image_positions: bool = True  # a learned embedding per image token (see VisionProjector)
     vision_encoder: dict | None = None
 
     def __post_init__(self, **kwargs: Any) -> None:
@@ -59,21 +61,30 @@ class MiniMindVLMConfig(PretrainedConfig):
 
 
 class VisionProjector(nn.Module):
-    """Encoder features (..., D) -> LLM embeddings (..., H): LayerNorm, Linear, GELU, Linear.
+    """Encoder features (..., N, D) -> LLM embeddings (..., N, H): LayerNorm, Linear, GELU,
+    Linear, plus a learned embedding per token index when `num_tokens` is given.
 
     The LayerNorm puts features of any encoder on one scale before the first matrix, which
-    keeps the learning rate meaningful across encoders.
+    keeps the learning rate meaningful across encoders. The position embedding says where in
+    the image each token sits: a CNN's grid features carry almost no absolute position (its
+    filters are translation-equivariant) and the LLM's RoPE sees only distances between
+    tokens, which shift with the question's length, so without it "where is the red star?"
+    stays at chance. One vector per token index (row-major grid order) fits any encoder.
     """
 
-    def __init__(self, feature_dim: int, hidden_size: int) -> None:
+    def __init__(self, feature_dim: int, hidden_size: int, num_tokens: int | None = None
+                 ) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(feature_dim)
         self.fc1 = nn.Linear(feature_dim, hidden_size)
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden_size, hidden_size)
+        self.position = (None if num_tokens is None
+                         else nn.Parameter(torch.zeros(num_tokens, hidden_size)))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(self.norm(features))))
+        projected = self.fc2(self.act(self.fc1(self.norm(features))))
+        return projected if self.position is None else projected + self.position
 
 
 class MiniMindVLM(PreTrainedModel, GenerationMixin):
@@ -93,13 +104,18 @@ class MiniMindVLM(PreTrainedModel, GenerationMixin):
     def __init__(self, config: MiniMindVLMConfig) -> None:
         super().__init__(config)
         self.language_model = MiniMindForCausalLM(config.text_config)
-        self.projector = VisionProjector(config.vision_feature_dim, config.text_config.hidden_size)
+        self.projector = VisionProjector(
+            config.vision_feature_dim, config.text_config.hidden_size,
+            config.image_tokens if config.image_positions else None)
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
-        """Projector: normal(0, initializer_range) matrices, zero biases, unit LayerNorm."""
+        """Projector: normal(0, initializer_range) matrices and position embeddings, zero
+        biases, unit LayerNorm."""
         std = self.config.text_config.initializer_range
-        if isinstance(module, nn.Linear):
+        if isinstance(module, VisionProjector) and module.position is not None:
+            init.normal_(module.position, mean=0.0, std=std)
+        elif isinstance(module, nn.Linear):
             init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
                 init.zeros_(module.bias)
