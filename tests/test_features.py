@@ -88,7 +88,7 @@ def test_efficientnet_features_survive_float16(tmp_path) -> None:
     store = FeatureStore(tmp_path)
     expected = encoder.encode([decode_image(d) for _, d in images])
     for (sha, _), want in zip(images, expected, strict=True):
-        assert store[sha].shape == (49, 1280)
+        assert store[sha].shape == (49, 1360)
         np.testing.assert_allclose(store[sha].astype(np.float32), want.numpy(), atol=4e-3,
                                    rtol=1e-3)
     meta = json.loads((tmp_path / ENCODER_FILE).read_text())

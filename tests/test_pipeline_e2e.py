@@ -101,7 +101,7 @@ def check_vision_outputs(root: Path) -> None:
     """The vision path ran: cached features, per-type VQA beside chance, a loadable export."""
     features = json.loads((root / "metrics" / "features.json").read_text())["vision"]
     assert features["unique_images"] == features["images"] > 0
-    assert (features["num_tokens"], features["feature_dim"]) == (49, 1280)
+    assert (features["num_tokens"], features["feature_dim"]) == (49, 1360)
     align = json.loads((root / "metrics" / "align.json").read_text())
     assert align["phase1"]["llm_unchanged"] is True
     assert align["phase2"]["val_loss"] < align["phase2"]["val_loss_before"]

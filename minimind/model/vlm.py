@@ -47,7 +47,7 @@ class MiniMindVLMConfig(PretrainedConfig):
     keys_to_ignore_at_inference = ["past_key_values"]
 
     text_config: dict | MiniMindConfig | None = None
-    vision_feature_dim: int = 1280
+    vision_feature_dim: int = 1360
     image_tokens: int = 49
     image_token_id: int = 5  # `<|image_pad|>` in the MiniMind tokenizer
     image_positions: bool = True  # a learned embedding per image token (see VisionProjector)
