@@ -3,6 +3,7 @@
     python bench/vqa_learnability.py                               # colour + shape, 1 object
     python bench/vqa_learnability.py --types colour,shape,count,position --objects 1-4
     python bench/vqa_learnability.py --oracle-colour 30            # colour as a loud channel
+    python bench/vqa_learnability.py --phase1-steps 300            # captions first, LLM frozen
 
 A quick probe for the align stage, about 20-40 s on 2 cores instead of a full `dvc repro`. It
 draws fresh scenes, encodes them with the real encoder, asks one question per scene, and
@@ -10,6 +11,9 @@ trains phase 2 (projector + every LLM layer + embeddings) from the SFT model on 
 AdamW under the pipeline's warmup-cosine schedule. Every `--every` steps it prints, per
 question type, the held-out mean NLL and accuracy of the first answer token under teacher
 forcing (chance: ln(answers) and 1/answers).
+
+`--phase1-steps K` first trains the projector alone (LLM frozen) for K steps on captions of
+the training scenes, like the align stage's phase 1.
 
 `--oracle-colour S` appends a channel group holding the object's colour one-hot, times S, to
 every image token. It separates "the features lack the information" from "the model cannot
@@ -80,6 +84,16 @@ def scene_digest(scene: scenes.Scene) -> str:
     return hashlib.sha256(repr(scene).encode()).hexdigest()
 
 
+def caption_rows(drawn: list[scenes.Scene], seed: int) -> list[dict]:
+    """One caption conversation per scene (phase 1's task)."""
+    rng = random.Random(seed)
+    return [{"conversations": json.dumps([
+                {"role": "user", "content": f"{scenes.IMAGE_MARKER}\n"
+                                            f"{rng.choice(scenes.CAPTION_PROMPTS)}"},
+                {"role": "assistant", "content": scenes.caption(scene)}]),
+             "images": [scene_digest(scene)], "source": "caption"} for scene in drawn]
+
+
 def question_rows(drawn: list[scenes.Scene], types: list[str], seed: int) -> list[dict]:
     """One first-turn question per scene, of a type drawn among those the scene allows."""
     rng = random.Random(seed)
@@ -126,6 +140,9 @@ def main() -> None:
     parser.add_argument("--encoder", default="efficientnet-lite0")
     parser.add_argument("--model", type=Path, default=Path("models/sft"))
     parser.add_argument("--oracle-colour", type=float, default=0.0)
+    parser.add_argument("--phase1-steps", type=int, default=0,
+                        help="projector-only caption steps (LLM frozen) before the VQA steps")
+    parser.add_argument("--phase1-lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     types = args.types.split(",")
@@ -151,28 +168,44 @@ def main() -> None:
     model = MiniMindVLM.from_language_model(
         load_language_model(args.model), features.feature_dim, features.num_tokens,
         tokenizer.convert_tokens_to_ids(IMAGE_PAD))
-    trains = trainable_filter(model.config, "all", train_embeddings=True)
-    params = [p for name, p in model.named_parameters() if trains(name)]
-    optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
     order = torch.Generator().manual_seed(args.seed)
+    score = lambda: "  ".join(  # noqa: E731
+        f"{kind} {nll:.2f}/{acc:.2f}" for kind, (nll, acc) in
+        ((kind, first_token_scores(model, held_out, idx)) for kind, idx in by_type.items() if idx))
+    if args.phase1_steps:
+        seen = {row["images"][0] for row in rows[:split]}
+        captions = VLMDataset.from_rows(
+            caption_rows([s for s in drawn if scene_digest(s) in seen], args.seed), tokenizer,
+                                        features, max_len=320, desc="captions")
+        train_steps(model, captions, trainable_filter(model.config, "none"), args.phase1_steps,
+                    args.phase1_lr, args.batch, order, every=args.every, label="phase 1",
+                    score=score)
+    train_steps(model, train, trainable_filter(model.config, "all", train_embeddings=True),
+                args.steps, args.lr, args.batch, order, every=args.every, label="phase 2",
+                score=score)
+
+
+def train_steps(model: MiniMindVLM, data: VLMDataset, trains, steps: int, lr: float,
+                batch_size: int, order: torch.Generator, every: int, label: str,
+                score=None) -> None:
+    """AdamW over the parameters `trains` accepts, warmup-cosine schedule, clip 1.0."""
+    params = [p for name, p in model.named_parameters() if trains(name)]
+    optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
     started = time.perf_counter()
-    for step in range(1, args.steps + 1):
-        scale = lr_multiplier(step - 1, warmup_steps=10, max_steps=args.steps, min_lr_ratio=0.1)
+    for step in range(1, steps + 1):
+        scale = lr_multiplier(step - 1, warmup_steps=10, max_steps=steps, min_lr_ratio=0.1)
         for group in optimizer.param_groups:
-            group["lr"] = args.lr * scale
-        batch = train.collate(torch.randint(len(train), (args.batch,), generator=order).tolist())
+            group["lr"] = lr * scale
+        batch = data.collate(torch.randint(len(data), (batch_size,), generator=order).tolist())
         loss = model(**batch, loss_only=True).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
-        if step % args.every == 0 or step == args.steps:
-            scores = "  ".join(
-                f"{kind} {nll:.2f}/{acc:.2f}" for kind, (nll, acc) in
-                ((kind, first_token_scores(model, held_out, idx)) for kind, idx in by_type.items()
-                 if idx))
-            print(f"step {step:4d} loss {loss.item():.3f} | held-out first-token NLL/acc: "
-                  f"{scores} | {time.perf_counter() - started:.0f} s", flush=True)
+        if step % every == 0 or step == steps:
+            scores = f" | held-out first-token NLL/acc: {score()}" if score else ""
+            print(f"{label} step {step:4d} loss {loss.item():.3f}{scores} | "
+                  f"{time.perf_counter() - started:.0f} s", flush=True)
 
 
 if __name__ == "__main__":

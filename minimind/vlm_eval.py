@@ -21,8 +21,10 @@ import torch
 
 from minimind.data.vlm_tokens import (
     IMAGE_MARKER,
+    AudioFeatures,
     Features,
     count_markers,
+    expand_audio,
     expand_images,
     parse_messages,
 )
@@ -64,19 +66,27 @@ def normalise_answer(text: str) -> str:
 @torch.no_grad()
 def generate_replies(model: Any, tokenizer: Any, features: Features,
                      prompts: Sequence[tuple[list[dict], Sequence[str]]],
-                     max_new_tokens: int, batch_size: int = 32) -> list[str]:
+                     max_new_tokens: int, batch_size: int = 32,
+                     audios: Sequence[Sequence[str]] | None = None,
+                     audio_features: AudioFeatures | None = None) -> list[str]:
     """Greedy assistant replies to (messages, image sha256s) prompts, in the prompts' order.
 
-    Prompts are grouped by length into left-padded batches (less padding to run through).
+    An omni model also gets `audios[i]`, the clips (sha256 in `audio_features`) of prompt i's
+    `<audio>` markers. Prompts are grouped by length into left-padded batches (less padding
+    to run through).
     """
     if features.num_tokens != model.config.image_tokens:
         raise ValueError(f"the feature cache has {features.num_tokens} tokens per image, the "
                          f"model expects {model.config.image_tokens}")
+    clips = [list(a) for a in audios] if audios is not None else [[] for _ in prompts]
+    if any(clips) and audio_features is None:
+        raise ValueError("prompts hold audio but no audio feature cache was given")
     encoded = [
-        tokenizer.apply_chat_template(expand_images(messages, features.num_tokens),
-                                      add_generation_prompt=True, tokenize=True,
-                                      return_dict=True)["input_ids"]
-        for messages, _ in prompts
+        tokenizer.apply_chat_template(
+            expand_audio(expand_images(messages, features.num_tokens),
+                         [audio_features.length(sha) for sha in clip] if clip else []),
+            add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+        for (messages, _), clip in zip(prompts, clips, strict=True)
     ]
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
     device = next(model.parameters()).device
@@ -95,9 +105,15 @@ def generate_replies(model: Any, tokenizer: Any, features: Features,
         image_features = torch.from_numpy(
             np.stack([features[sha] for sha in shas]).astype(np.float32)
             if shas else np.zeros((0, features.num_tokens, features.feature_dim), np.float32))
+        extra = {}
+        if audio_features is not None:
+            tokens = [audio_features[sha] for i in chunk for sha in clips[i]]
+            extra["audio_features"] = torch.from_numpy(
+                np.concatenate(tokens).astype(np.float32) if tokens
+                else np.zeros((0, audio_features.feature_dim), np.float32)).to(device)
         output = model.generate(
             input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-            image_features=image_features.to(device), max_new_tokens=max_new_tokens,
+            image_features=image_features.to(device), **extra, max_new_tokens=max_new_tokens,
             do_sample=False, eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
         )

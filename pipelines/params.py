@@ -166,6 +166,14 @@ class AlignParams(Strict):
     phase2: AlignPhase2Params
 
 
+class AlignOmniParams(AlignParams):
+    """align_omni: audio projector alignment (LLM and vision frozen), then omni SFT
+    (models/omni). Sources may be vlm or omni ones."""
+
+    max_len: int = Field(default=384, ge=16, description="tokens per conversation, image and "
+                         "audio pads included; a record cut inside either is dropped")
+
+
 class EvalParams(Strict):
     """eval: how much held-out data each measurement uses."""
 
@@ -192,6 +200,55 @@ class EvalVLMParams(Strict):
     caption_max_new_tokens: int = Field(default=48, ge=1)
 
 
+class EvalOmniParams(Strict):
+    """eval_omni: held-out ASR error rates and spoken VQA of models/omni, and typed VQA."""
+
+    sources: list[str] = Field(default=["scene_speech"], min_length=1,
+                               description="omni sources whose held-out records are scored")
+    text_sources: list[str] = Field(default=["scene_vqa"], min_length=1,
+                                    description="vlm sources asked as typed questions")
+    max_records: int = Field(default=300, ge=1, description="held-out records per source set")
+    max_new_tokens: int = Field(default=48, ge=1, description="reply tokens (transcripts)")
+    answer_max_new_tokens: int = Field(default=8, ge=1, description="reply tokens (typed VQA)")
+    batch_size: int = Field(default=16, ge=1, description="prompts generated together")
+    samples: int = Field(default=8, ge=0, description="replies per task in omni_samples.json")
+
+
+class CodecParams(Strict):
+    """talker.codec: the rvq-mel codec (minimind.audio.rvq.RVQConfig) trained on answer speech."""
+
+    num_quantizers: int = Field(default=4, ge=1, description="codes per step (RVQ stages)")
+    codebook_size: int = Field(default=512, ge=2, description="entries per codebook")
+    stack: int = Field(default=2, ge=1, description="mel frames per code step")
+    kmeans_iters: int = Field(default=20, ge=1)
+    refine_rounds: int = Field(default=2, ge=0)
+    max_train_vectors: int = Field(default=100_000, ge=1)
+    seed: int = 0
+
+
+class TalkerParams(Strict):
+    """talker: codec training, Talker training on the omni model's states, intelligibility."""
+
+    sources: list[str] = Field(default=["scene_speech"], min_length=1,
+                               description="omni sources whose answer speech is learned")
+    codec: CodecParams = CodecParams()
+    thinker_layer: int | None = Field(default=None, ge=0, description="hidden_states entry the "
+                                      "Talker reads (None: the middle layer)")
+    hidden_size: int = Field(default=128, ge=8)
+    num_layers: int = Field(default=3, ge=1)
+    num_heads: int = Field(default=4, ge=1)
+    lookahead: int = Field(default=2, ge=1, description="text states before the first frame")
+    rate_quantile: float | None = Field(default=0.1, gt=0, lt=1, description="speaking-rate "
+                                        "quantile of the streaming schedule (None: the mean)")
+    steps: int = Field(default=400, ge=1)
+    batch_size: int = Field(default=16, ge=1)
+    lr: float = Field(default=1e-3, gt=0)
+    seed: int = 0
+    max_frames: int = Field(default=600, ge=1, description="generation cap per answer")
+    eval_clips: int = Field(default=24, ge=1, description="held-out answers scored by WER")
+    samples: int = Field(default=4, ge=0, description="answers whose WAVs go to MLflow")
+
+
 class ExportStageParams(ExportParams):
     """export: formats (from minimind.export) plus where the MLflow model is registered."""
 
@@ -210,8 +267,11 @@ class Params(Strict):
     sft: SFTParams
     dpo: DPOParams
     align: AlignParams
+    align_omni: AlignOmniParams
     eval: EvalParams = EvalParams()
     eval_vlm: EvalVLMParams = EvalVLMParams()
+    eval_omni: EvalOmniParams = EvalOmniParams()
+    talker: TalkerParams = TalkerParams()
     export: ExportStageParams = ExportStageParams()
 
     @model_validator(mode="after")
@@ -226,9 +286,21 @@ class Params(Strict):
             if seq_len > positions:
                 raise ValueError(f"{section}.seq_len ({seq_len}) exceeds the model's "
                                  f"max_position_embeddings ({positions})")
-        if self.align.max_len > positions:
-            raise ValueError(f"align.max_len ({self.align.max_len}) exceeds the model's "
-                             f"max_position_embeddings ({positions})")
+        for section in ("align", "align_omni"):
+            max_len = getattr(self, section).max_len
+            if max_len > positions:
+                raise ValueError(f"{section}.max_len ({max_len}) exceeds the model's "
+                                 f"max_position_embeddings ({positions})")
+        kinds = {source.name: source.kind for source in self.data.sources}
+        for key, sources, wanted in (
+                ("align_omni.phase1.sources", self.align_omni.phase1.sources, ("omni",)),
+                ("align_omni.phase2.sources", self.align_omni.phase2.sources, ("vlm", "omni")),
+                ("eval_omni.sources", self.eval_omni.sources, ("omni",)),
+                ("eval_omni.text_sources", self.eval_omni.text_sources, ("vlm",)),
+                ("talker.sources", self.talker.sources, ("omni",))):
+            if bad := [name for name in sources if kinds.get(name) not in wanted]:
+                raise ValueError(f"{key}: {bad} are not {' or '.join(wanted)} sources of "
+                                 "data.sources")
         return self
 
 

@@ -181,6 +181,30 @@ def test_cleaning_is_deterministic_and_splits_by_content(messy, tmp_path: Path) 
         for p in sorted((tmp_path / "a").rglob("*.parquet")))
 
 
+def test_val_fraction_can_be_set_per_kind(messy, tmp_path: Path) -> None:
+    raw, sources, _ = messy
+    base = run_clean(raw, sources, tmp_path / "a", val_fraction=0.3)
+    more = run_clean(raw, sources, tmp_path / "b", val_fraction=0.3,
+                     val_fraction_by_kind={"pretrain": 0.9})
+    assert more["rows"].get("pretrain.val", 0) > base["rows"].get("pretrain.val", 0)
+    for key in ("sft.val", "sft.train", "dpo.val", "dpo.train"):  # other kinds keep 0.3
+        assert more["rows"].get(key) == base["rows"].get(key)
+    total = sum(v for k, v in base["rows"].items() if k.startswith("pretrain."))
+    assert total == sum(v for k, v in more["rows"].items() if k.startswith("pretrain."))
+
+
+def test_media_folders_of_a_text_corpus_survive_dvc(messy, tmp_path: Path) -> None:
+    """No vlm/omni source: the media folders the multimodal stages depend on exist and are not
+    empty, since DVC drops empty folders on checkout and a run-cache restore."""
+    from minimind.data.cleaning import EMPTY_MARKER
+
+    raw, sources, _ = messy
+    run_clean(raw, sources, tmp_path / "out")
+    for folder in ("images", "audio", "vlm", "omni"):
+        assert [p.name for p in (tmp_path / "out" / folder).iterdir()] == [EMPTY_MARKER]
+        assert shard_paths(tmp_path / "out" / folder, "train") == []
+
+
 def test_long_documents_are_split_without_losing_text() -> None:
     text = "\n".join(f"Line {i} of a long document about rivers and hills." for i in range(400))
     pieces = split_long_text(text, 1000)

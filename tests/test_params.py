@@ -84,6 +84,12 @@ def test_structural_mistakes() -> None:
     assert "pretrain.seq_len (100000) exceeds the model's max_position_embeddings" in error_of(raw)
     raw = with_change("model.preset", "huge")
     assert "model: " in error_of(raw) and "huge" in error_of(raw)
+    raw = with_change("align_omni.phase1.sources", ["scene_vqa"])
+    assert "align_omni.phase1.sources: ['scene_vqa'] are not omni sources" in error_of(raw)
+    raw = with_change("eval_omni.text_sources", ["nope"])
+    assert "eval_omni.text_sources: ['nope'] are not vlm sources" in error_of(raw)
+    raw = with_change("align_omni.max_len", 100_000)
+    assert "align_omni.max_len (100000) exceeds" in error_of(raw)
 
 
 def test_every_error_is_reported_at_once() -> None:

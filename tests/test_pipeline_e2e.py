@@ -59,7 +59,7 @@ def test_data_stages_rerun_exactly_what_changed(project) -> None:
 def test_training_stages_rerun_exactly_what_changed(project) -> None:
     root, env, dvc = project
     first = run(dvc, root, env)  # the data half is up to date: only the training half runs
-    vision = {"align", "eval_vlm", "export_vlm"}
+    vision = {"align", "eval_vlm", "export_vlm", "align_omni", "eval_omni", "talker"}
     downstream = {"dpo", "eval", "export"} | vision
     assert executed(first.stdout) == {"tokenize", "features", "pretrain", "sft"} | downstream, \
         first.stdout
@@ -75,6 +75,7 @@ def test_training_stages_rerun_exactly_what_changed(project) -> None:
     assert evaluation["qa_accuracy"]["sft"]["chance"] == 0.25
     assert 0 <= evaluation["dpo_preference"]["reward_accuracy"] <= 1
     check_vision_outputs(root)
+    check_omni_outputs(root)
     run(["git", "add", "-A"], root, env)
     run(["git", "commit", "-qm", "trained"], root, env)
 
@@ -111,6 +112,29 @@ def check_vision_outputs(root: Path) -> None:
     exported = json.loads((root / "metrics" / "export_vlm.json").read_text())
     assert exported["max_logit_diff"] <= 1e-5
     assert (root / "models" / "export-vlm" / "encoder.json").is_file()
+
+
+def check_omni_outputs(root: Path) -> None:
+    """The omni path ran from cached audio features: phase 1 left the VLM bit-identical, and
+    the one model was scored on speech (ASR beside its baseline) and on typed questions."""
+    features = json.loads((root / "metrics" / "features.json").read_text())["audio"]
+    assert features["unique_clips"] > 0 and features["feature_dim"] == 320
+    align = json.loads((root / "metrics" / "align_omni.json").read_text())
+    assert align["phase1"]["vlm_unchanged"] is True and align["phase1"]["audios"] > 0
+    assert align["phase2"]["val_loss"] < align["phase2"]["val_loss_before"]
+    scores = json.loads((root / "metrics" / "eval_omni.json").read_text())
+    assert scores["records"] > 0 and scores["text_vqa"]
+    if "asr" in scores:
+        assert 0 <= scores["asr"]["baseline"]["cer"] <= 1 and scores["asr"]["cer"] >= 0
+    samples = json.loads((root / "metrics" / "omni_samples.json").read_text())
+    assert samples and all("reply" in s for pairs in samples.values() for s in pairs)
+    talker = json.loads((root / "metrics" / "talker.json").read_text())
+    assert set(talker["wer"]) == {"tts", "codec", "talker", "codec_gap"}
+    assert talker["talker"]["pairs"] > 0 and talker["held_out_answers"] > 0
+    from minimind.model.talker import load_talker
+
+    loaded, codec = load_talker(root / "models" / "talker")
+    assert loaded.config.num_quantizers == codec.num_quantizers
 
 
 def check_plots(root: Path, env: dict[str, str]) -> None:

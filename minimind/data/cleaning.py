@@ -30,7 +30,7 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import pyarrow as pa
 import xxhash
@@ -85,6 +85,7 @@ SCHEMAS = {
 }
 IMAGES_DIR = "images"
 AUDIO_DIR = "audio"
+EMPTY_MARKER = "EMPTY"  # the one file of a media folder no record filled (see `close`)
 SPLITS = ("train", "val")
 
 
@@ -95,6 +96,9 @@ class CleanConfig(BaseModel):
 
     unicode_form: Literal["NFKC", "NFC", "none"] = "NFKC"
     val_fraction: float = Field(default=0.05, ge=0, lt=1, description="held-out share per kind")
+    val_fraction_by_kind: dict[Literal[CLEANABLE_KINDS], Annotated[float, Field(ge=0, lt=1)]] = \
+        Field(default={}, description="overrides of val_fraction for some kinds (a small "
+                                      "corpus needs a larger share to be measured on)")
     max_chars: int = Field(default=4000, ge=16,
                            description="pretrain docs longer than this are split at line breaks")
     max_conversation_chars: int = Field(default=8000, ge=16,
@@ -336,7 +340,7 @@ class Cleaner:
             self.rejects.add(reason, f"duplicate of {first}", source, doc.origin, doc.columns,
                              duplicate_of=first)
             return False
-        split = self._split(" ".join(image.sha256 for image in doc.images) or doc.text)
+        split = self._split(" ".join(image.sha256 for image in doc.images) or doc.text, kind)
         self._writer(kind, split).write(
             {**doc.columns, "lang": doc.lang, "source": source, "origin": doc.origin})
         self.stats[source][f"{kind}.{split}"] += 1
@@ -358,10 +362,11 @@ class Cleaner:
             self._stores[name] = store
         return self._stores[name]
 
-    def _split(self, text: str) -> str:
+    def _split(self, text: str, kind: str) -> str:
         """Deterministic by content: the same text always lands in the same split."""
         bucket = xxhash.xxh64_intdigest(text.encode(), seed=self.config.seed % 2**64) / 2**64
-        return "val" if bucket < self.config.val_fraction else "train"
+        fraction = self.config.val_fraction_by_kind.get(kind, self.config.val_fraction)
+        return "val" if bucket < fraction else "train"
 
     def _writer(self, kind: str, split: str) -> ShardWriter:
         key = (kind, split)
@@ -376,10 +381,16 @@ class Cleaner:
             writer.close()
         for store in self._stores.values():
             store.close()
-        # The multimodal stages depend on these folders: with no vlm/omni source they are
-        # empty, not missing, so a text-only corpus still has a well-formed (empty) output.
+        # The multimodal stages depend on these folders, so they must exist even with no
+        # vlm/omni source. DVC keeps no empty folder in its cache (a run-cache restore or a
+        # checkout would drop it and the next stage would fail on a missing dependency), so an
+        # unfilled one holds a marker file that no shard reader matches.
         for folder in (IMAGES_DIR, AUDIO_DIR, *MEDIA_KINDS):
-            (self.out_dir / folder).mkdir(parents=True, exist_ok=True)
+            path = self.out_dir / folder
+            path.mkdir(parents=True, exist_ok=True)
+            if not any(path.iterdir()):
+                (path / EMPTY_MARKER).write_text("no record of this kind or media; the folder "
+                                                 "exists for the stages that depend on it\n")
         self.rejects.close()
 
     def report(self, seconds: float) -> dict[str, Any]:

@@ -18,7 +18,7 @@ gap randomly initialised), so a wrong projector or LLM can never load halfway.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -283,8 +283,10 @@ LayerChoice = Literal["all", "none"] | list[int]
 
 
 def trainable_filter(config: MiniMindVLMConfig, llm_layers: LayerChoice = "none",
-                     train_embeddings: bool = False) -> Callable[[str], bool]:
-    """Which parameters (by name) train: the projector always, plus the chosen LLM parts.
+                     train_embeddings: bool = False,
+                     projectors: Sequence[str] = (PROJECTOR_PREFIX,)) -> Callable[[str], bool]:
+    """Which parameters (by name) train: the `projectors` (name prefixes) always, plus the
+    chosen LLM parts.
 
     `llm_layers`: "none" (the LLM frozen: alignment phase 1), "all" (every decoder layer and
     the final norm) or a list of decoder layer indices. `train_embeddings` adds the token
@@ -300,7 +302,7 @@ def trainable_filter(config: MiniMindVLMConfig, llm_layers: LayerChoice = "none"
         if bad := sorted(i for i in layers if not 0 <= i < num_layers):
             raise ValueError(f"llm_layers {bad} out of range: the LLM has {num_layers} layers "
                              f"(0..{num_layers - 1})")
-    prefixes = [PROJECTOR_PREFIX]
+    prefixes = list(projectors)
     prefixes += [f"{LANGUAGE_MODEL_PREFIX}model.layers.{i}." for i in sorted(layers)]
     if llm_layers == "all":
         prefixes.append(f"{LANGUAGE_MODEL_PREFIX}model.norm.")

@@ -7,7 +7,17 @@ status; a 500 means a bug in the server, never bad input.
 
 A vision-language model also takes OpenAI `image_url` content parts in user messages, as base64
 data URIs (the server is offline and fetches nothing); each image is checked like a training
-image (`image_input`) and takes the place of its part in the text, as an `<image>` marker.
+image (`image_input`) and takes the place of its part in the text, as an `<image>` marker. An
+omni model also takes `input_audio` parts (`{"data": "<base64 WAV>", "format": "wav"}`), each
+checked and normalised like a training clip (`audio_io`) and placed as an `<audio>` marker.
+
+Started with a Talker, the server also speaks: a request with `modalities: ["text", "audio"]`
+gets `message.audio = {"id", "data": base64 WAV of the whole reply, "transcript", "expires_at"}`
+beside the usual `content` (kept, so text-only clients still read the reply). Streamed, the
+sound comes as `delta.audio = {"id", "data": base64 WAV of one chunk}` events between the text
+deltas, as soon as the Talker has it, and one `delta.audio = {"id", "transcript",
+"expires_at"}` before the finish. The server keeps no audio: `expires_at` is the creation time,
+and an id cannot be referred to by a later request.
 """
 
 from __future__ import annotations
@@ -23,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -32,8 +43,17 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from minimind.data.audio import AudioCheckConfig
 from minimind.data.images import ImageCheckConfig
-from minimind.data.vlm_tokens import IMAGE_MARKER, IMAGE_PAD
+from minimind.data.vlm_tokens import AUDIO_MARKER, AUDIO_PAD, IMAGE_MARKER, IMAGE_PAD
+from minimind.serve.audio_io import (
+    DEFAULT_MAX_AUDIO_BYTES,
+    DEFAULT_MAX_AUDIO_CLIPS,
+    AudioInputError,
+    AudioLimits,
+    load_clip,
+    wav_base64,
+)
 from minimind.serve.engine import ChatEngine, Delta, GenerationSettings
 from minimind.serve.image_input import (
     DEFAULT_MAX_IMAGE_BYTES,
@@ -42,7 +62,7 @@ from minimind.serve.image_input import (
     ImageLimits,
     load_image,
 )
-from minimind.serve.schemas import ChatCompletionRequest, ImagePart
+from minimind.serve.schemas import AudioPart, ChatCompletionRequest, ImagePart
 from minimind.serve.worker import GenerationWorker
 
 if TYPE_CHECKING:
@@ -52,6 +72,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_TOKENS_LIMIT = 1024
 DEFAULT_MAX_REQUEST_BYTES = 1 << 20
+STREAM_AUDIO_CHUNK_FRAMES = 8  # codec frames per streamed audio chunk (0.19 s of rvq-mel speech)
 
 
 class OpenAIError(Exception):
@@ -90,6 +111,10 @@ def create_app(
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
     max_images: int = DEFAULT_MAX_IMAGES,
     image_checks: ImageCheckConfig | None = None,
+    max_audio_bytes: int = DEFAULT_MAX_AUDIO_BYTES,
+    max_audio_clips: int = DEFAULT_MAX_AUDIO_CLIPS,
+    audio_checks: AudioCheckConfig | None = None,
+    talker: str | Path | None = None,
     device: str | None = None,
 ) -> FastAPI:
     """Load the model folder and build the app serving it under `model_name`.
@@ -99,19 +124,30 @@ def create_app(
     max_prompt_tokens: longest accepted prompt (default: the context minus room for a reply).
     max_tokens_limit: most completion tokens a request may ask for.
     max_request_bytes: larger request bodies get a 413 (default: 1 MiB, plus room for
-        `max_images` base64 images of `max_image_bytes` when the model reads images).
+        `max_images` base64 images of `max_image_bytes` when the model reads images, and for
+        `max_audio_clips` clips of `max_audio_bytes` when it hears audio).
     max_image_bytes: a larger image (decoded from base64) gets a 413.
     max_images: most images one request may hold.
     image_checks: the pixel-size limits (sides, pixels) images must pass, as in the clean
         stage (default: clean's defaults); its `max_bytes` is replaced by `max_image_bytes`.
+    max_audio_bytes: a larger audio clip (decoded from base64, before resampling) gets a 413.
+    max_audio_clips: most audio clips one request may hold.
+    audio_checks: the duration limits clips must pass, as in the clean stage (default: clean's
+        defaults, 0.1 to 30 s); its `max_bytes` is replaced by `max_audio_bytes`.
+    talker: a Talker folder (`save_talker`) that reads this model's states: replies can then
+        be spoken (`modalities: ["text", "audio"]`).
     device: where the model runs (default: cuda if available, else cpu).
     """
-    engine = ChatEngine.from_folder(model_dir, device)
+    engine = ChatEngine.from_folder(model_dir, device, talker)
     limits = _limits(engine.context_length, max_prompt_tokens, max_tokens_limit)
     image_limits = ImageLimits(max_images, max_image_bytes, image_checks or ImageCheckConfig())
+    audio_limits = AudioLimits(max_audio_clips, max_audio_bytes,
+                               audio_checks or AudioCheckConfig())
     if max_request_bytes is None:
-        max_request_bytes = DEFAULT_MAX_REQUEST_BYTES + (
-            image_limits.max_base64_chars if engine.reads_images else 0)
+        max_request_bytes = (
+            DEFAULT_MAX_REQUEST_BYTES
+            + (image_limits.max_base64_chars if engine.reads_images else 0)
+            + (audio_limits.max_base64_chars if engine.hears_audio else 0))
     name = model_name or Path(model_dir).resolve().name
     worker = GenerationWorker(engine)
 
@@ -142,16 +178,25 @@ def create_app(
         if request.model != name:
             raise OpenAIError(404, f"The model '{request.model}' does not exist; this server "
                               f"serves '{name}'.", param="model", code="model_not_found")
-        images = await run_in_threadpool(_request_images, engine, request, image_limits)
-        prompt_ids = await run_in_threadpool(_encode_prompt, engine, request)
+        audio_rate = None  # the sample rate of a spoken reply; None: text only
+        if request.wants_audio:
+            if engine.codec is None:
+                raise OpenAIError(400, "This server cannot answer with audio: it was started "
+                                  "without a Talker (--talker DIR). Ask for modalities "
+                                  "[\"text\"].", param="modalities",
+                                  code="audio_output_not_supported")
+            audio_rate = engine.codec.sample_rate
+        media = await run_in_threadpool(_request_media, engine, request, image_limits,
+                                        audio_limits)
+        prompt_ids = await run_in_threadpool(_encode_prompt, engine, request, media.clips)
         settings = _generation_settings(request, len(prompt_ids), limits)
         envelope = Envelope(model=name, prompt_tokens=len(prompt_ids))
-        deltas = worker.stream(prompt_ids, settings, images)
+        deltas = worker.stream(prompt_ids, settings, media.images, media.clips)
         if request.stream:
-            events = _sse_events(envelope, deltas, request.include_usage)
+            events = _sse_events(envelope, deltas, request.include_usage, audio_rate)
             return StreamingResponse(events, media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})
-        return await _completion(envelope, deltas)
+        return await _completion(envelope, deltas, audio_rate)
 
     return app
 
@@ -219,51 +264,82 @@ def _bearer_check(api_key: str | None) -> Callable[[Request], Awaitable[None]]:
     return check
 
 
-def _request_images(engine: ChatEngine, request: ChatCompletionRequest,
-                    limits: ImageLimits) -> list[Image.Image]:
-    """The request's images in prompt order, decoded and checked; a 4xx for any refused.
+@dataclass(frozen=True)
+class Media:
+    """A request's images and audio clips (float32 16 kHz mono), each in prompt order."""
 
-    The checks that need no pixels come first (does the model read images, are they in user
-    turns, how many), so a refused request decodes nothing.
+    images: list[Image.Image]
+    clips: list[np.ndarray]
+
+
+def _request_media(engine: ChatEngine, request: ChatCompletionRequest, image_limits: ImageLimits,
+                   audio_limits: AudioLimits) -> Media:
+    """The request's images and clips, decoded and checked; a 4xx for any refused.
+
+    The checks that need no decoding come first (does the model read images or hear audio,
+    are they in user turns, how many), so a refused request decodes nothing.
     """
-    found: list[tuple[str, ImagePart]] = []
+    images: list[tuple[str, ImagePart]] = []
+    clips: list[tuple[str, AudioPart]] = []
     for i, message in enumerate(request.messages):
         where = f"messages[{i}].content"
         for j, part in enumerate(message.parts):
             param = f"{where}[{j}]" if isinstance(message.content, list) else where
             if isinstance(part, ImagePart):
-                found.append((param, part))
-            elif engine.reads_images and (IMAGE_MARKER in part.text or IMAGE_PAD in part.text):
-                raise OpenAIError(400, f"Text may not contain {IMAGE_MARKER} or {IMAGE_PAD} "
-                                  "itself: send each image as an image_url content part, "
-                                  "placed where the image belongs.", param=param,
-                                  code="invalid_value")
-        if message.images and engine.reads_images and message.role != "user":
-            raise OpenAIError(400, f"Images are accepted in user messages only, not in a "
-                              f"{message.role!r} message.", param=where, code="invalid_value")
-    if not found:
-        return []
-    if not engine.reads_images:
+                images.append((param, part))
+            elif isinstance(part, AudioPart):
+                clips.append((param, part))
+            else:
+                _check_no_markers(engine, part.text, param)
+        if message.role != "user" and ((message.images and engine.reads_images)
+                                       or (message.clips and engine.hears_audio)):
+            raise OpenAIError(400, f"Images and audio are accepted in user messages only, not "
+                              f"in a {message.role!r} message.", param=where,
+                              code="invalid_value")
+    if images and not engine.reads_images:
         raise OpenAIError(400, "This model reads text only: image_url content parts are not "
-                          "supported.", param=found[0][0], code="images_not_supported")
-    if len(found) > limits.max_images:
-        raise OpenAIError(400, f"The request holds {len(found)} images; this server accepts "
-                          f"at most {limits.max_images}.", param="messages",
+                          "supported.", param=images[0][0], code="images_not_supported")
+    if clips and not engine.hears_audio:
+        raise OpenAIError(400, "This model does not hear audio: input_audio content parts are "
+                          "not supported.", param=clips[0][0], code="audio_not_supported")
+    if len(images) > image_limits.max_images:
+        raise OpenAIError(400, f"The request holds {len(images)} images; this server accepts "
+                          f"at most {image_limits.max_images}.", param="messages",
                           code="too_many_images")
-    images = []
-    for param, part in found:
-        try:
-            images.append(load_image(part.url, limits))
-        except ImageInputError as error:
-            raise OpenAIError(error.status, error.message, param=param,
-                              code=error.code) from None
-    return images
+    if len(clips) > audio_limits.max_clips:
+        raise OpenAIError(400, f"The request holds {len(clips)} audio clips; this server "
+                          f"accepts at most {audio_limits.max_clips}.", param="messages",
+                          code="too_many_audio_clips")
+    return Media(
+        [_decoded(param, load_image, part.url, image_limits) for param, part in images],
+        [_decoded(param, load_clip, part.data, part.format, audio_limits)
+         for param, part in clips])
 
 
-def _encode_prompt(engine: ChatEngine, request: ChatCompletionRequest) -> list[int]:
-    messages = [message.for_template(IMAGE_MARKER) for message in request.messages]
+def _decoded(param: str, load: Callable[..., Any], *args: Any) -> Any:
+    """`load(*args)`, with a refused image or clip turned into the client's 4xx at `param`."""
     try:
-        return engine.prompt_ids(messages, tools=request.tools)
+        return load(*args)
+    except (ImageInputError, AudioInputError) as error:
+        raise OpenAIError(error.status, error.message, param=param, code=error.code) from None
+
+
+def _check_no_markers(engine: ChatEngine, text: str, param: str) -> None:
+    """Refuse media markers typed as text: they would stand for an image or clip not sent."""
+    for marker, pad, read, kind, part in (
+            (IMAGE_MARKER, IMAGE_PAD, engine.reads_images, "image", "an image_url"),
+            (AUDIO_MARKER, AUDIO_PAD, engine.hears_audio, "audio clip", "an input_audio")):
+        if read and (marker in text or pad in text):
+            raise OpenAIError(400, f"Text may not contain {marker} or {pad} itself: send each "
+                              f"{kind} as {part} content part, placed where the {kind} "
+                              "belongs.", param=param, code="invalid_value")
+
+
+def _encode_prompt(engine: ChatEngine, request: ChatCompletionRequest,
+                   clips: list[np.ndarray]) -> list[int]:
+    messages = [message.for_template(IMAGE_MARKER, AUDIO_MARKER) for message in request.messages]
+    try:
+        return engine.prompt_ids(messages, tools=request.tools, clips=clips)
     except TemplateError as error:
         raise OpenAIError(400, f"The messages do not fit the chat template: {error}",
                           param="messages") from error
@@ -295,17 +371,21 @@ def _generation_settings(request: ChatCompletionRequest, prompt_tokens: int,
         frequency_penalty=request.frequency_penalty or 0.0,
         stop=request.stop_strings,
         seed=request.seed,
+        speak=request.wants_audio,
+        audio_chunk_frames=STREAM_AUDIO_CHUNK_FRAMES if request.stream else None,
     )
 
 
 @dataclass(frozen=True)
 class Envelope:
-    """What every response object of one completion shares: id, timestamp, model, prompt size."""
+    """What every response object of one completion shares: ids, timestamp, model, prompt
+    size."""
 
     model: str
     prompt_tokens: int
     id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
     created: int = field(default_factory=lambda: int(time.time()))
+    audio_id: str = field(default_factory=lambda: f"audio_{uuid.uuid4().hex}")
 
     def header(self, kind: str) -> dict[str, Any]:
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
@@ -314,36 +394,61 @@ class Envelope:
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion_tokens,
                 "total_tokens": self.prompt_tokens + completion_tokens}
 
+    def audio(self, **fields: Any) -> dict[str, Any]:
+        """A spoken reply's `audio` object holding `fields`."""
+        return {"id": self.audio_id, **fields}
 
-async def _completion(envelope: Envelope, deltas: AsyncIterator[Delta]) -> dict[str, Any]:
-    """The whole reply as one `chat.completion` object."""
+    def audio_end(self, transcript: str) -> dict[str, Any]:
+        """The closing `audio` fields: the transcript, and an expiry that has already come,
+        since the server keeps no audio for later requests to refer to."""
+        return self.audio(transcript=transcript, expires_at=self.created)
+
+
+async def _completion(envelope: Envelope, deltas: AsyncIterator[Delta],
+                      audio_rate: int | None) -> dict[str, Any]:
+    """The whole reply as one `chat.completion` object; spoken (at `audio_rate` Hz) unless
+    `audio_rate` is None."""
     pieces = [delta async for delta in deltas]
-    message = {"role": "assistant", "content": "".join(delta.text for delta in pieces)}
+    text = "".join(delta.text for delta in pieces)
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if audio_rate is not None:
+        sound = [delta.audio for delta in pieces if delta.audio is not None]
+        samples = np.concatenate(sound) if sound else np.zeros(0, np.float32)
+        message["audio"] = {**envelope.audio_end(text),
+                            "data": wav_base64(samples, audio_rate)}
     choice = {"index": 0, "message": message, "finish_reason": pieces[-1].finish_reason,
               "logprobs": None}
     return {**envelope.header("chat.completion"), "choices": [choice],
             "usage": envelope.usage(pieces[-1].completion_tokens)}
 
 
-async def _sse_events(envelope: Envelope, deltas: AsyncIterator[Delta],
-                      include_usage: bool) -> AsyncIterator[str]:
-    """The reply as server-sent `chat.completion.chunk` events, ending with `[DONE]`."""
+async def _sse_events(envelope: Envelope, deltas: AsyncIterator[Delta], include_usage: bool,
+                      audio_rate: int | None) -> AsyncIterator[str]:
+    """The reply as server-sent `chat.completion.chunk` events, ending with `[DONE]`; its sound
+    (at `audio_rate` Hz, unless None) in WAV chunks as it comes, then the transcript."""
 
     def event(payload: dict[str, Any]) -> str:
         return f"data: {json.dumps(payload, ensure_ascii=False, separators=(',', ':'))}\n\n"
 
-    def chunk(delta: dict[str, str], finish_reason: str | None = None) -> str:
+    def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> str:
         choice = {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
         payload = {**envelope.header("chat.completion.chunk"), "choices": [choice]}
         return event({**payload, "usage": None} if include_usage else payload)
 
     yield chunk({"role": "assistant", "content": ""})
     completion_tokens = 0
+    transcript: list[str] = []
     try:
         async for delta in deltas:
             if delta.text:
                 yield chunk({"content": delta.text})
+                transcript.append(delta.text)
+            if delta.audio is not None and audio_rate is not None:
+                data = wav_base64(delta.audio, audio_rate)
+                yield chunk({"audio": envelope.audio(data=data)})
             if delta.finish_reason:
+                if audio_rate is not None:
+                    yield chunk({"audio": envelope.audio_end("".join(transcript))})
                 yield chunk({}, delta.finish_reason)
                 completion_tokens = delta.completion_tokens
     except Exception:  # the 200 header is already sent: report the failure in the stream

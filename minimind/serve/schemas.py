@@ -2,12 +2,14 @@
 
 Fields a client may send but this server has no use for (`user`, `metadata`, `store`, ...) are
 ignored, as OpenAI-compatible servers usually do. Fields that would change what comes back and
-that we cannot honour (`n` > 1, content parts other than text and image_url, unknown roles) are
-rejected with a 400. Nullable fields accept an explicit null and mean "the default", since some
-clients send that.
+that we cannot honour (`n` > 1, content parts other than text, image_url and input_audio,
+unknown roles, audio out in another format than WAV) are rejected with a 400. Nullable fields
+accept an explicit null and mean "the default", since some clients send that.
 
-Image parts are only parsed here (their place among the text and their URL); whether the served
-model reads images, and whether the image itself is acceptable, the app decides.
+Image and audio parts are only parsed here (their place among the text and their data); whether
+the served model reads images or hears audio, and whether the image or clip itself is
+acceptable, the app decides. Likewise `modalities: ["text", "audio"]` only asks for a spoken
+reply; whether the server has a Talker to speak it, the app decides.
 """
 
 from __future__ import annotations
@@ -47,11 +49,16 @@ class ImagePart(BaseModel):
     url: str  # `data:image/...;base64,...`; anything else is refused by the app
 
 
-ContentPart = TextPart | ImagePart
+class AudioPart(BaseModel):
+    data: str  # base64 of the encoded clip; decoded and checked by the app
+    format: str | None = None  # OpenAI's "wav" / "mp3": what the client says it sent
+
+
+ContentPart = TextPart | ImagePart | AudioPart
 
 
 class ChatMessage(BaseModel):
-    """One turn. Content is a string or a list of text and image_url parts."""
+    """One turn. Content is a string or a list of text, image_url and input_audio parts."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -76,13 +83,19 @@ class ChatMessage(BaseModel):
     def images(self) -> list[ImagePart]:
         return [part for part in self.parts if isinstance(part, ImagePart)]
 
-    def for_template(self, image_marker: str = "") -> dict[str, Any]:
-        """The message as the chat template reads it; each image part becomes `image_marker`.
+    @property
+    def clips(self) -> list[AudioPart]:
+        return [part for part in self.parts if isinstance(part, AudioPart)]
+
+    def for_template(self, image_marker: str = "", audio_marker: str = "") -> dict[str, Any]:
+        """The message as the chat template reads it; each image part becomes `image_marker`
+        and each audio part `audio_marker`.
 
         Parts are joined with newlines, the layout of the training data
-        (`"<image>\nDescribe the image."`).
+        (`"<image>\nDescribe the image."`, `"<image>\n<audio>"`).
         """
-        text = "\n".join(part.text if isinstance(part, TextPart) else image_marker
+        markers = {ImagePart: image_marker, AudioPart: audio_marker}
+        text = "\n".join(part.text if isinstance(part, TextPart) else markers[type(part)]
                          for part in self.parts)
         message: dict[str, Any] = {"role": self.role, "content": text}
         if self.tool_calls:
@@ -97,8 +110,31 @@ def _parse_part(part: Any) -> ContentPart:
     image = part.get("image_url") if kind == "image_url" else None
     if isinstance(image, dict) and isinstance(image.get("url"), str):
         return ImagePart(url=image["url"])
-    raise ValueError('content parts must be {"type": "text", "text": "..."} or '
-                     '{"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}}')
+    audio = part.get("input_audio") if kind == "input_audio" else None
+    if (isinstance(audio, dict) and isinstance(audio.get("data"), str)
+            and isinstance(audio.get("format"), str | None)):
+        return AudioPart(data=audio["data"], format=audio.get("format"))
+    raise ValueError('content parts must be {"type": "text", "text": "..."}, '
+                     '{"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}} '
+                     'or {"type": "input_audio", "input_audio": {"data": "<base64>", '
+                     '"format": "wav"}}')
+
+
+class AudioOutput(BaseModel):
+    """OpenAI's `audio` parameter: how a spoken reply is delivered."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    voice: str | None = None  # accepted and ignored: a Talker speaks with the one voice it learnt
+    format: str = "wav"
+
+    @field_validator("format")
+    @classmethod
+    def _wav_only(cls, audio_format: str) -> str:
+        if audio_format != "wav":
+            raise ValueError(f"audio format {audio_format!r} is not supported; this server "
+                             "answers with \"wav\" audio only")
+        return audio_format
 
 
 class StreamOptions(BaseModel):
@@ -126,6 +162,8 @@ class ChatCompletionRequest(BaseModel):
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     tools: list[dict[str, Any]] | None = None  # shown to the model by the chat template
+    modalities: list[Literal["text", "audio"]] | None = None  # ["text", "audio"]: speak too
+    audio: AudioOutput | None = None
 
     @field_validator("n")
     @classmethod
@@ -152,6 +190,11 @@ class ChatCompletionRequest(BaseModel):
     def requested_max_tokens(self) -> int | None:
         """`max_completion_tokens` (the current name) wins over the older `max_tokens`."""
         return self.max_completion_tokens or self.max_tokens
+
+    @property
+    def wants_audio(self) -> bool:
+        """Asked for a spoken reply besides the text (`modalities` holds "audio")."""
+        return "audio" in (self.modalities or ())
 
     @property
     def include_usage(self) -> bool:

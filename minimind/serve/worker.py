@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from minimind.serve.engine import ChatEngine, Delta, GenerationSettings
 
 if TYPE_CHECKING:
+    import numpy as np
     from PIL import Image
 
 _FINISHED = object()  # marks the end of a generation in the delta queue
@@ -33,9 +34,10 @@ class GenerationWorker:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="minimind-generate")
 
     async def stream(self, prompt_ids: list[int], settings: GenerationSettings,
-                     images: Sequence[Image.Image] = ()) -> AsyncIterator[Delta]:
-        """The engine's deltas for this prompt (and its images, encoded on the worker thread),
-        delivered on the event loop as they are made.
+                     images: Sequence[Image.Image] = (),
+                     clips: Sequence[np.ndarray] = ()) -> AsyncIterator[Delta]:
+        """The engine's deltas for this prompt (and its images and audio clips, encoded on the
+        worker thread), delivered on the event loop as they are made.
 
         Leaving the loop early (client disconnect, error) cancels the generation.
         """
@@ -49,7 +51,7 @@ class GenerationWorker:
 
         def generate() -> None:
             try:
-                for delta in self.engine.stream(prompt_ids, settings, cancelled, images):
+                for delta in self.engine.stream(prompt_ids, settings, cancelled, images, clips):
                     forward(delta)
             except Exception as error:  # re-raised on the event loop, in the request
                 forward(error)
