@@ -81,3 +81,21 @@ def read_media_rows(clean_root: Path, split: str, sources: list[str], kinds: dic
         if names := [name for name in sources if kinds[name] == kind]:
             rows += read_vlm_rows(clean_root / kind, split, names)
     return rows
+
+
+def finish_alignment(ctx: StageContext, model: Any, tokenizer: Any, metrics: dict[str, Any],
+                     curve: Any, model_dir: Path, metrics_path: Path) -> None:
+    """Save the aligned model and the stage's metrics and curves, prune the checkpoints to
+    the final one, and say where everything went."""
+    from pipelines.plots import finish_curves
+    from pipelines.training import prune_checkpoints, save_model
+
+    metrics["seconds"] = round(metrics["phase1"]["seconds"] + metrics["phase2"]["seconds"], 1)
+    save_model(model, tokenizer, ctx.path(model_dir))
+    ctx.write_metrics(metrics_path, metrics)
+    finish_curves(ctx, curve, ["loss"], ["val_loss"])
+    prune_checkpoints(ctx.checkpoint_dir())
+    print(f"[{ctx.name}] held-out loss: phase 1 {metrics['phase1']['val_loss_before']:.4f} -> "
+          f"{metrics['phase1']['val_loss']:.4f}, phase 2 "
+          f"{metrics['phase2']['val_loss_before']:.4f} -> {metrics['phase2']['val_loss']:.4f}; "
+          f"model saved to {model_dir}", flush=True)

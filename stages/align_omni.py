@@ -34,9 +34,8 @@ def main(ctx: StageContext) -> None:
     from minimind.data.vlm_tokens import AUDIO_PAD, VLMDataset
     from minimind.model.omni import AUDIO_PROJECTOR_PREFIX, MiniMindOmni
     from minimind.model.vlm import PROJECTOR_PREFIX, MiniMindVLM, trainable_filter
-    from pipelines.alignment import read_media_rows, train_phase
-    from pipelines.plots import CurveRecorder, finish_curves
-    from pipelines.training import prune_checkpoints, save_model
+    from pipelines.alignment import finish_alignment, read_media_rows, train_phase
+    from pipelines.plots import CurveRecorder
 
     opts = ctx.params.align_omni
     kinds = {source.name: source.kind for source in ctx.params.data.sources}
@@ -81,15 +80,7 @@ def main(ctx: StageContext) -> None:
         trainable_filter(model.config, opts.phase2.llm_layers, opts.phase2.train_embeddings,
                          projectors=(PROJECTOR_PREFIX, AUDIO_PROJECTOR_PREFIX)),
         splits(opts.phase2.sources), opts.eval_rows, curve, opts.phase1.train.max_steps)
-    metrics["seconds"] = round(metrics["phase1"]["seconds"] + metrics["phase2"]["seconds"], 1)
-    save_model(model, tokenizer, ctx.path(MODEL_DIR))
-    ctx.write_metrics(METRICS, metrics)
-    finish_curves(ctx, curve, ["loss"], ["val_loss"])
-    prune_checkpoints(ctx.checkpoint_dir())
-    print(f"[align_omni] held-out loss: phase 1 {metrics['phase1']['val_loss_before']:.4f} -> "
-          f"{metrics['phase1']['val_loss']:.4f}, phase 2 "
-          f"{metrics['phase2']['val_loss_before']:.4f} -> {metrics['phase2']['val_loss']:.4f}; "
-          f"model saved to {MODEL_DIR}", flush=True)
+    finish_alignment(ctx, model, tokenizer, metrics, curve, MODEL_DIR, METRICS)
 
 
 if __name__ == "__main__":
