@@ -13,19 +13,12 @@ from minimind.data.vlm_tokens import AUDIO_PAD, IMAGE_PAD, Dropped, VLMDataset, 
 from minimind.model import MiniMindForCausalLM, MiniMindOmni, MiniMindVLM, preset_config
 from minimind.model.omni import AUDIO_PROJECTOR_PREFIX
 from minimind.model.vlm import PROJECTOR_PREFIX, trainable_filter
+from tests.test_vlm import perturbed
 from tests.vlm_data import small_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 VOCAB, PAD, AUDIO, N, D, DA = 97, 5, 8, 3, 10, 6
-
-
-def perturbed(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return model.eval()
 
 
 @pytest.fixture(scope="module")
