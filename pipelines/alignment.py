@@ -21,9 +21,13 @@ if TYPE_CHECKING:
 
 def train_phase(ctx: StageContext, name: str, model: Any, phase: Any,
                 trainable: Callable[[str], bool], data: dict[str, VLMDataset], eval_rows: int,
-                curve: Callable[[dict[str, float], int], None], first_step: int
-                ) -> dict[str, Any]:
-    """Train `model` in place for one phase on data["train"]; return the phase's metrics."""
+                curve: Callable[[dict[str, float], int], None], first_step: int,
+                lr_scale: Callable[[str], float] | None = None) -> dict[str, Any]:
+    """Train `model` in place for one phase on data["train"]; return the phase's metrics.
+
+    `lr_scale` (parameter name -> factor on the phase's lr) goes to the Trainer; see
+    `projector_lr_scale`.
+    """
     from minimind.data.vlm_tokens import VLMBatchStream, eval_vlm_batches
     from minimind.training import Trainer
     from minimind.training.evaluate import mean_batch_loss
@@ -47,7 +51,7 @@ def train_phase(ctx: StageContext, name: str, model: Any, phase: Any,
     batches = VLMBatchStream(data["train"], batch, seed=phase.train.seed)
     trainer = Trainer(model, phase.train, batches, ctx.checkpoint_dir() / name,
                       log_metrics=log, evaluate=evaluate, trainable=trainable,
-                      forward_kwargs={"loss_only": True})
+                      forward_kwargs={"loss_only": True}, lr_scale=lr_scale)
     final = trainer.fit()
     return {
         "val_loss_before": round(before, 4),
@@ -64,6 +68,24 @@ def train_phase(ctx: StageContext, name: str, model: Any, phase: Any,
         "steps": phase.train.max_steps,
         "seconds": round(time.perf_counter() - started, 1),
     }
+
+
+def projector_lr_scale(phase: Any, projectors: tuple[str, ...]
+                       ) -> Callable[[str], float] | None:
+    """Factor on `phase.train.lr` per parameter name: `phase.projector_lr / train.lr` for the
+    projectors (names starting with one of `projectors`), 1 for the LLM; None without a
+    `projector_lr`.
+
+    Why: on the embedded scenes a pretrained tiny LLM trained at the projector's rate (3e-3)
+    learns shape and count within a hundred steps and in doing so squeezes colour out of the
+    image tokens (a linear probe of the projector output drops from 99% to 68%), after which
+    colour questions stay at chance; a lower LLM rate keeps colour learnable while the fresh
+    projector still moves fast (bench/vqa_learnability.py --llm-lr).
+    """
+    if phase.projector_lr is None:
+        return None
+    factor = phase.projector_lr / phase.train.lr
+    return lambda name: factor if name.startswith(projectors) else 1.0
 
 
 def read_media_rows(clean_root: Path, split: str, sources: list[str], kinds: dict[str, str]

@@ -154,6 +154,9 @@ class AlignPhase2Params(AlignPhase1Params):
         "a list of indices")
     train_embeddings: bool = Field(
         default=False, description="also train the token embedding (tied to the output head)")
+    projector_lr: float | None = Field(
+        default=None, gt=0, description="peak learning rate of the projectors (train.lr for "
+        "the LLM); null: train.lr for both")
 
 
 class AlignParams(Strict):

@@ -30,8 +30,13 @@ def main(ctx: StageContext) -> None:
 
     from minimind.data.features import FeatureStore
     from minimind.data.vlm_tokens import IMAGE_PAD, VLMDataset
-    from minimind.model.vlm import MiniMindVLM, load_language_model, trainable_filter
-    from pipelines.alignment import finish_alignment, train_phase
+    from minimind.model.vlm import (
+        PROJECTOR_PREFIX,
+        MiniMindVLM,
+        load_language_model,
+        trainable_filter,
+    )
+    from pipelines.alignment import finish_alignment, projector_lr_scale, train_phase
     from pipelines.plots import CurveRecorder
 
     opts = ctx.params.align
@@ -65,7 +70,8 @@ def main(ctx: StageContext) -> None:
     metrics["phase2"] = train_phase(
         ctx, "phase2", model, opts.phase2,
         trainable_filter(model.config, opts.phase2.llm_layers, opts.phase2.train_embeddings),
-        splits(opts.phase2.sources), opts.eval_rows, curve, opts.phase1.train.max_steps)
+        splits(opts.phase2.sources), opts.eval_rows, curve, opts.phase1.train.max_steps,
+        projector_lr_scale(opts.phase2, (PROJECTOR_PREFIX,)))
     finish_alignment(ctx, model, tokenizer, metrics, curve, MODEL_DIR, METRICS)
 
 

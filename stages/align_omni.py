@@ -34,7 +34,12 @@ def main(ctx: StageContext) -> None:
     from minimind.data.vlm_tokens import AUDIO_PAD, VLMDataset
     from minimind.model.omni import AUDIO_PROJECTOR_PREFIX, MiniMindOmni
     from minimind.model.vlm import PROJECTOR_PREFIX, MiniMindVLM, trainable_filter
-    from pipelines.alignment import finish_alignment, read_media_rows, train_phase
+    from pipelines.alignment import (
+        finish_alignment,
+        projector_lr_scale,
+        read_media_rows,
+        train_phase,
+    )
     from pipelines.plots import CurveRecorder
 
     opts = ctx.params.align_omni
@@ -75,11 +80,13 @@ def main(ctx: StageContext) -> None:
                            "train the audio projector only")
     metrics["phase1"]["vlm_unchanged"] = unchanged
     del before
+    projectors = (PROJECTOR_PREFIX, AUDIO_PROJECTOR_PREFIX)
     metrics["phase2"] = train_phase(
         ctx, "phase2", model, opts.phase2,
         trainable_filter(model.config, opts.phase2.llm_layers, opts.phase2.train_embeddings,
-                         projectors=(PROJECTOR_PREFIX, AUDIO_PROJECTOR_PREFIX)),
-        splits(opts.phase2.sources), opts.eval_rows, curve, opts.phase1.train.max_steps)
+                         projectors=projectors),
+        splits(opts.phase2.sources), opts.eval_rows, curve, opts.phase1.train.max_steps,
+        projector_lr_scale(opts.phase2, projectors))
     finish_alignment(ctx, model, tokenizer, metrics, curve, MODEL_DIR, METRICS)
 
 

@@ -220,3 +220,24 @@ def test_align_stage_writes_the_vlm_and_resumes_finished_phases(tokenizer, data,
     assert again.stderr.count("resumed from step 6") == 2
     for name, tensor in load_file(root / "models/vlm/model.safetensors").items():
         assert torch.equal(tensor, weights[name]), name
+
+
+def test_projector_lr_scale_speeds_up_the_projectors_only() -> None:
+    from pydantic import ValidationError
+
+    from minimind.model.omni import AUDIO_PROJECTOR_PREFIX
+    from minimind.model.vlm import PROJECTOR_PREFIX
+    from pipelines.alignment import projector_lr_scale
+    from pipelines.params import AlignPhase2Params
+
+    train = {"max_steps": 10, "micro_batch_size": 4, "lr": 3e-4, "warmup_steps": 1,
+             "log_every": 1, "eval_every": 0, "checkpoint_every": 0, "seed": 0}
+    phase = AlignPhase2Params(sources=["scenes"], train=train, projector_lr=3e-3)
+    scale = projector_lr_scale(phase, (PROJECTOR_PREFIX, AUDIO_PROJECTOR_PREFIX))
+    assert scale("projector.fc1.weight") == pytest.approx(10.0)
+    assert scale("audio_projector.position") == pytest.approx(10.0)
+    assert scale("language_model.model.layers.0.mlp.up_proj.weight") == 1.0
+    assert projector_lr_scale(AlignPhase2Params(sources=["scenes"], train=train),
+                              (PROJECTOR_PREFIX,)) is None
+    with pytest.raises(ValidationError, match="projector_lr"):
+        AlignPhase2Params(sources=["scenes"], train=train, projector_lr=0)

@@ -195,6 +195,35 @@ def test_weight_decay_groups_and_trainable_filter(tmp_path: Path) -> None:
     assert [len(group["params"]) for group in trainer.optimizer.param_groups] == [1]
 
 
+def test_lr_scale_gives_groups_their_own_rate_on_one_schedule(tmp_path: Path) -> None:
+    model = TinyLM()
+    names = {id(param): name for name, param in model.named_parameters()}
+    groups = param_groups(model, weight_decay=0.1, lr_scale=lambda n: 10.0 if "head" in n else 1.0)
+    by_scale = {(g["weight_decay"], g["lr_scale"]): {names[id(p)] for p in g["params"]}
+                for g in groups}
+    assert by_scale == {(0.1, 1.0): {"mix.weight"}, (0.1, 10.0): {"head.weight"},
+                        (0.0, 1.0): {"embed.weight", "mix.bias", "norm.weight", "norm.bias"}}
+
+    logged, log_metrics = recorder()
+    config = toy_config(max_steps=6, warmup_steps=2, lr=1e-3, min_lr_ratio=0.1,
+                        checkpoint_every=0)
+    trainer = toy_trainer(config, tmp_path, log_metrics=log_metrics,
+                          lr_scale=lambda n: 10.0 if "head" in n else 1.0)
+    trainer.fit()
+    final = 1e-3 * lr_multiplier(6, warmup_steps=2, max_steps=6, min_lr_ratio=0.1)
+    for group in trainer.optimizer.param_groups:  # every group followed the schedule
+        assert group["lr"] == pytest.approx(final * group["lr_scale"])
+    assert {g["lr_scale"] for g in trainer.optimizer.param_groups} == {1.0, 10.0}
+    assert logged[6]["lr"] == pytest.approx(  # the logged rate is the schedule's, unscaled
+        1e-3 * lr_multiplier(5, warmup_steps=2, max_steps=6, min_lr_ratio=0.1))
+
+    # A factor of 0 freezes a parameter in effect: the optimizer never moves it.
+    still = toy_trainer(config, tmp_path / "still", lr_scale=lambda n: 0.0 if "head" in n else 1.0)
+    head = still.raw_model.head.weight.detach().clone()
+    still.fit()
+    assert torch.equal(still.raw_model.head.weight, head)
+
+
 def test_config_validation() -> None:
     with pytest.raises(ValueError, match="warmup_steps"):
         toy_config(max_steps=4, warmup_steps=5)

@@ -156,33 +156,40 @@ def cleanup_distributed() -> None:
 # ---------------------------------------------------------------------------- optimizer
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+def param_groups(model: nn.Module, weight_decay: float,
+                 lr_scale: Callable[[str], float] | None = None) -> list[dict[str, Any]]:
     """AdamW groups: decay on weight matrices; none on norms, biases (1-D) and embeddings.
 
     Decaying a norm gain or a bias pulls it towards 0, which is not a sensible prior; embedding
     rows of rare tokens would shrink just for being rare. Frozen parameters are left out.
+    `lr_scale` (parameter name -> factor on the peak learning rate) splits the groups further,
+    e.g. a freshly initialised projector learning faster than a pretrained LLM; each group
+    carries its factor as `lr_scale`.
     """
     embedding_weights = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    decay, no_decay = [], []
-    for param in model.parameters():
+    groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         skip_decay = param.ndim < 2 or id(param) in embedding_weights
-        (no_decay if skip_decay else decay).append(param)
-    groups = [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return [group for group in groups if group["params"]]
+        scale = 1.0 if lr_scale is None else float(lr_scale(name))
+        groups.setdefault((not skip_decay, scale), []).append(param)
+    return [{"params": params, "weight_decay": weight_decay if decay else 0.0,
+             "lr_scale": scale}
+            for (decay, scale), params in sorted(groups.items(), key=lambda kv: (not kv[0][0],
+                                                                                 kv[0][1]))]
 
 
 def build_optimizer(
-    model: nn.Module, config: TrainConfig, device: torch.device
+    model: nn.Module, config: TrainConfig, device: torch.device,
+    lr_scale: Callable[[str], float] | None = None,
 ) -> torch.optim.AdamW:
     """AdamW over the trainable parameters: fused kernel on CUDA, foreach on CPU."""
-    groups = param_groups(model, config.weight_decay)
+    groups = param_groups(model, config.weight_decay, lr_scale)
     if not groups:
         raise ValueError("the model has no trainable parameters")
+    for group in groups:
+        group["lr"] = config.lr * group["lr_scale"]
     kernel = {"fused": True} if device.type == "cuda" else {"foreach": True}
     return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, **kernel)
 
@@ -276,6 +283,8 @@ class Trainer:
         device: overrides the device `init_distributed` picks (e.g. CPU on a GPU machine).
         forward_kwargs: extra keyword arguments of every training forward, e.g.
             `{"loss_only": True}` for a MiniMind model (no logits where no loss is read).
+        lr_scale: parameter name -> factor on `config.lr` (default 1 for all); the schedule
+            scales every group alike.
     """
 
     def __init__(
@@ -291,6 +300,7 @@ class Trainer:
         device: torch.device | str | None = None,
         count_items: Callable[[dict[str, torch.Tensor]], int] | None = None,
         forward_kwargs: dict[str, Any] | None = None,
+        lr_scale: Callable[[str], float] | None = None,
     ) -> None:
         self.config = config
         self.forward_kwargs = dict(forward_kwargs or {})
@@ -311,7 +321,7 @@ class Trainer:
                 param.requires_grad_(trainable(name))
         self.raw_model = model.to(self.device)
         self.trainable_params = [p for p in self.raw_model.parameters() if p.requires_grad]
-        self.optimizer = build_optimizer(self.raw_model, config, self.device)
+        self.optimizer = build_optimizer(self.raw_model, config, self.device, lr_scale)
         schedule = partial(
             lr_multiplier,
             warmup_steps=config.warmup_steps,
@@ -409,7 +419,8 @@ class Trainer:
                 f"{grad_norm}; stopped before the optimizer step, the last good checkpoint "
                 f"is kept at {self.checkpoint_path}"
             )
-        lr = self.optimizer.param_groups[0]["lr"]
+        # The schedule's rate this step, before any group's `lr_scale`.
+        lr = self.config.lr * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
