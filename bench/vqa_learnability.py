@@ -28,7 +28,7 @@ The oracle needs one object per scene (`--objects 1-1`).
 `align.phase2.projector_lr`. On colour + shape questions about one-object scenes, 400 steps:
 everything at 3e-3 leaves colour at chance (shape is learned in 100 steps and crowds colour out
 of the image tokens); `--lr 1e-3` gives colour 0.56, `--lr 3e-4` 0.54 and `--lr 3e-3
---llm-lr 3e-4` 0.59, with shape at 0.98-1.00 in all three.
+--llm-lr 3e-4` 0.54, with shape at 0.98-1.00 in all three.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from minimind.data.builtin import scenes
 from minimind.data.vlm_tokens import IMAGE_PAD, VLMDataset
 from minimind.encoders import load_vision_encoder
 from minimind.model.vlm import PROJECTOR_PREFIX, MiniMindVLM, load_language_model, trainable_filter
-from minimind.training.schedule import lr_multiplier
+from minimind.training import lr_multiplier, param_groups
 
 ORACLE_CHANNELS = 8  # a few spare zeros beside the six colours
 
@@ -228,18 +228,18 @@ def train_steps(model: MiniMindVLM, data: VLMDataset, trains, steps: int, lr: fl
                 score=None, llm_lr: float | None = None) -> None:
     """AdamW over the parameters `trains` accepts, warmup-cosine schedule, clip 1.0; the
     projector at `lr`, the rest at `llm_lr` (default `lr`)."""
-    named = [(name, p) for name, p in model.named_parameters() if trains(name)]
-    params = [p for _, p in named]
-    rates = {name: lr if name.startswith(PROJECTOR_PREFIX) or llm_lr is None else llm_lr
-             for name, _ in named}
-    groups = [{"params": [p for name, p in named if rates[name] == rate], "peak": rate}
-              for rate in sorted(set(rates.values()))]
-    optimizer = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
+    for name, param in model.named_parameters():
+        param.requires_grad_(trains(name))
+    params = [p for p in model.parameters() if p.requires_grad]
+    llm_scale = 1.0 if llm_lr is None else llm_lr / lr
+    groups = param_groups(model, 0.0, lambda name: 1.0 if name.startswith(PROJECTOR_PREFIX)
+                          else llm_scale)
+    optimizer = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95))
     started = time.perf_counter()
     for step in range(1, steps + 1):
         scale = lr_multiplier(step - 1, warmup_steps=10, max_steps=steps, min_lr_ratio=0.1)
         for group in optimizer.param_groups:
-            group["lr"] = group["peak"] * scale
+            group["lr"] = lr * group["lr_scale"] * scale
         batch = data.collate(torch.randint(len(data), (batch_size,), generator=order).tolist())
         loss = model(**batch, loss_only=True).loss
         optimizer.zero_grad(set_to_none=True)
