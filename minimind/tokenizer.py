@@ -16,12 +16,21 @@ The result is a plain Hugging Face `PreTrainedTokenizerFast` with the chat templ
 `save_pretrained(dir)` gives a folder that `AutoTokenizer.from_pretrained(dir)` loads without
 `trust_remote_code`, and `apply_chat_template(..., return_assistant_tokens_mask=True)` yields the
 assistant-only loss masks that SFT needs.
+
+An existing tokenizer can stand in for a trained one (`load_pretrained_tokenizer`: a hub id or
+a folder, e.g. upstream MiniMind's `model/`), once `check_pipeline_tokenizer` has confirmed it
+has every token and the chat layout the pipeline relies on. Its template need not mark
+assistant turns with `{% generation %}`: `encode_chat` then finds them by their ChatML
+markers, as upstream MiniMind's own training code does.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from collections.abc import Iterable, Sized
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -259,3 +268,260 @@ def bytes_per_token(tokenizer: PreTrainedTokenizerBase, texts: Iterable[str]) ->
     if total_tokens == 0:
         raise ValueError("bytes_per_token needs at least one non-empty text")
     return total_bytes / total_tokens
+
+
+# -- chat encoding with assistant masks -------------------------------------------------------
+ASSISTANT_HEADER = "<|im_start|>assistant\n"
+END_OF_TURN = "<|im_end|>"
+_GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
+
+
+def has_generation_blocks(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether the chat template marks assistant turns with `{% generation %}` (ours does)."""
+    template = tokenizer.chat_template
+    return isinstance(template, str) and bool(_GENERATION_TAG.search(template))
+
+
+def chatml_assistant_spans(text: str) -> list[tuple[int, int]]:
+    """Character spans of the assistant turns in rendered ChatML: from after each
+    `<|im_start|>assistant\\n` through its `<|im_end|>` (to the end of `text` if unclosed)."""
+    spans = []
+    start = text.find(ASSISTANT_HEADER)
+    while start != -1:
+        body = start + len(ASSISTANT_HEADER)
+        end = text.find(END_OF_TURN, body)
+        stop = len(text) if end == -1 else end + len(END_OF_TURN)
+        if stop > body:
+            spans.append((body, stop))
+        start = text.find(ASSISTANT_HEADER, stop)
+    return spans
+
+
+def encode_chat(tokenizer: PreTrainedTokenizerBase, messages: list[dict]
+                ) -> tuple[list[int], list[int]]:
+    """Token ids of `messages` rendered by the chat template, and the assistant mask (1 = a
+    token the assistant says: its reasoning, content, tool calls and closing `<|im_end|>`).
+
+    A template with `{% generation %}` blocks (ours) reports the assistant tokens itself. One
+    without them (upstream MiniMind's, most ChatML templates) gets the same spans from the
+    rendered text's markers (`chatml_assistant_spans`), mapped to tokens the way transformers
+    maps generation blocks. `tools` / `tool_calls` JSON strings are decoded first, and tools
+    stored on the system message are also passed as `tools=`, for templates (upstream's) that
+    read them only there; ours renders both the same.
+    """
+    messages = decode_tool_fields(messages)
+    tools = None
+    if messages and messages[0].get("role") == "system" and messages[0].get("tools"):
+        found = messages[0]["tools"]
+        found = [found] if isinstance(found, dict) else found
+        if isinstance(found, list) and all(isinstance(tool, dict) for tool in found):
+            tools = found
+    if has_generation_blocks(tokenizer):
+        encoded = tokenizer.apply_chat_template(messages, tools=tools, tokenize=True,
+                                                return_dict=True,
+                                                return_assistant_tokens_mask=True)
+        return list(encoded["input_ids"]), list(encoded["assistant_masks"])
+    text = tokenizer.apply_chat_template(messages, tools=tools, tokenize=False)
+    encoded = tokenizer(text, add_special_tokens=False)
+    ids = list(encoded["input_ids"])
+    mask = [0] * len(ids)
+    for start, stop in chatml_assistant_spans(text):
+        first, last = encoded.char_to_token(start), encoded.char_to_token(stop - 1)
+        if first is None:
+            continue
+        for index in range(first, (len(ids) - 1 if last is None else last) + 1):
+            mask[index] = 1
+    return ids, mask
+
+
+# -- an existing tokenizer instead of a trained one -------------------------------------------
+# What a tokenizer folder may hold; hub downloads fetch these by name (absent ones are skipped).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json", "chat_template.jinja", "chat_template.json")
+_HUB_ID = re.compile(r"^(?:hf://)?(?:models/)?(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)"
+                     r"(?:@(?P<rev>[^@\s]+))?$")
+_PROBE_TOOLS = [{"type": "function", "function": {
+    "name": "probe_lookup", "description": "Look a word up.",
+    "parameters": {"type": "object", "properties": {"word": {"type": "string"}}}}}]
+# One conversation exercising everything the pipeline's SFT/DPO/VLM data can hold.
+PROBE_CONVERSATION = [
+    {"role": "system", "content": "Probe system prompt.", "tools": json.dumps(_PROBE_TOOLS)},
+    {"role": "user", "content": "PROBE_USER_ONE"},
+    {"role": "assistant", "content": "PROBE_REPLY_ONE", "reasoning_content": "PROBE_REASONING"},
+    {"role": "user", "content": "PROBE_USER_TWO <|image_pad|><|audio_pad|>"},
+    {"role": "assistant", "content": "",
+     "tool_calls": json.dumps([{"name": "probe_call", "arguments": {"word": "x"}}])},
+    {"role": "tool", "content": "PROBE_TOOL_RESULT"},
+    {"role": "assistant", "content": "PROBE_REPLY_TWO"},
+]
+_TRAINED_TEXTS = ("PROBE_REPLY_ONE", "PROBE_REASONING", "probe_call", "PROBE_REPLY_TWO")
+_CONTEXT_TEXTS = ("PROBE_USER_ONE", "PROBE_USER_TWO", "PROBE_TOOL_RESULT")
+
+
+def check_pretrained_spec(spec: str) -> str:
+    """Validate the form of a `pretrained` value (not its existence: a folder may come later)."""
+    if not spec.strip():
+        raise ValueError("must not be empty")
+    if "://" in spec and not spec.startswith(("hf://", "file://")):
+        raise ValueError(f"{spec!r}: expected a hub id <owner>/<repo>[@rev], "
+                         "hf://<owner>/<repo>[@rev], a folder or file://<folder>")
+    if spec.startswith("hf://") and not _HUB_ID.match(spec):
+        raise ValueError(f"{spec!r}: expected hf://<owner>/<repo>[@rev]")
+    return spec
+
+
+def download_hub_tokenizer(repo_id: str, revision: str | None, cache_dir: Path) -> Path:
+    """The tokenizer files of a hub model repo (or the $HF_ENDPOINT mirror), in a local folder.
+
+    Files are fetched by name with `hf_hub_download` (one `resolve` request each, no listing
+    API), so any mirror that serves files works; a file the repo lacks is skipped, except
+    tokenizer.json. A rerun finds them in `cache_dir` and only revalidates.
+    """
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
+
+    local = Path(cache_dir) / repo_id / (revision or "main")
+    for name in TOKENIZER_FILES:
+        try:
+            hf_hub_download(repo_id=repo_id, filename=name, revision=revision,
+                            repo_type="model", local_dir=local)
+        except (EntryNotFoundError, HfHubHTTPError) as exc:
+            response = getattr(exc, "response", None)
+            absent = isinstance(exc, EntryNotFoundError) or getattr(
+                response, "status_code", None) == 404
+            if name == "tokenizer.json" or not absent:
+                raise
+    return local
+
+
+def resolve_pretrained(spec: str, root: str | Path, cache_dir: str | Path
+                       ) -> tuple[Path, str]:
+    """(local folder, "dir" or "hub") of a `pretrained` value.
+
+    `file://<folder>` and an existing folder (absolute, or relative to `root`) are used in
+    place; otherwise `[hf://]<owner>/<repo>[@rev]` is downloaded from the hub.
+    """
+    root = Path(root)
+    if spec.startswith("file://"):
+        raw = spec.removeprefix("file://")
+        path = Path(raw) if raw.startswith("/") else root / raw
+        if not path.is_dir():
+            raise FileNotFoundError(f"{spec}: {path} is not a folder")
+        return path, "dir"
+    path = Path(spec) if Path(spec).is_absolute() else root / spec
+    if not spec.startswith("hf://") and path.is_dir():
+        return path, "dir"
+    hub = _HUB_ID.match(spec)
+    if hub is None:
+        raise FileNotFoundError(f"{spec!r} is neither a folder ({path} does not exist) nor a "
+                                "hub id <owner>/<repo>[@rev]")
+    try:
+        return download_hub_tokenizer(hub["repo"], hub["rev"], Path(cache_dir)), "hub"
+    except Exception as exc:
+        where = "" if spec.startswith("hf://") else f" (and {path} is not a folder)"
+        raise RuntimeError(f"{spec!r}: could not fetch the tokenizer of hub repo "
+                           f"{hub['repo']}{where}: {type(exc).__name__}: {exc}") from exc
+
+
+def load_pretrained_tokenizer(spec: str, root: str | Path = ".",
+                              cache_dir: str | Path = ".cache/tokenizers"
+                              ) -> tuple[PreTrainedTokenizerBase, dict[str, str]]:
+    """An existing tokenizer (a folder or hub id, see `resolve_pretrained`) and where it came
+    from: {"source", "source_kind", "sha256" (of its tokenizer.json)}. Not yet checked for the
+    pipeline's needs: see `check_pipeline_tokenizer`."""
+    from transformers import AutoTokenizer
+
+    folder, kind = resolve_pretrained(spec, root, cache_dir)
+    if not (folder / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"{spec!r}: {folder} has no tokenizer.json (the pipeline needs "
+                                "a fast tokenizer: its assistant masks come from offsets)")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if not tokenizer.is_fast:
+        raise ValueError(f"{spec!r}: {type(tokenizer).__name__} is not a fast tokenizer")
+    return tokenizer, {"source": spec, "source_kind": kind,
+                       "sha256": hashlib.sha256((folder / "tokenizer.json").read_bytes()
+                                             ).hexdigest()}
+
+
+def check_pipeline_tokenizer(tokenizer: PreTrainedTokenizerBase) -> list[str]:
+    """Raise ValueError listing everything that keeps `tokenizer` from serving the pipeline;
+    return warnings (things that work, but less well).
+
+    Checked: every token of SPECIAL_TOKENS exists and encodes to one id, the control tokens are
+    special (dropped from decoded replies), eos is `<|im_end|>` (generation stops there), a pad
+    token exists, ids fit uint16, and the chat template renders a probe conversation (system +
+    tools, reasoning, a tool call, a tool reply, pads) so that `encode_chat`'s mask covers
+    exactly the three assistant turns, each ending with `<|im_end|>`, and
+    `add_generation_prompt` opens an assistant turn.
+    """
+    problems: list[str] = []
+    vocab = tokenizer.get_vocab()
+    missing = [token for token in SPECIAL_TOKENS if token not in vocab]
+    if missing:
+        problems.append(f"missing tokens the pipeline needs: {', '.join(missing)}")
+    split = [token for token in SPECIAL_TOKENS if token in vocab
+             and tokenizer.encode(token, add_special_tokens=False) != [vocab[token]]]
+    if split:
+        problems.append(f"not encoded as a single (added) token: {', '.join(split)}")
+    added = tokenizer.added_tokens_decoder
+    plain = [token for token in CONTROL_TOKENS
+             if token in vocab and not getattr(added.get(vocab[token]), "special", False)]
+    if plain:
+        problems.append(f"must be special tokens (decoded replies drop them): {', '.join(plain)}")
+    if tokenizer.eos_token != END_OF_TURN:
+        problems.append(f"eos_token is {tokenizer.eos_token!r}, must be {END_OF_TURN} "
+                        "(generation stops at eos)")
+    if tokenizer.pad_token is None:
+        problems.append("pad_token is not set")
+    if len(tokenizer) > MAX_VOCAB_SIZE:
+        problems.append(f"{len(tokenizer)} tokens do not fit the uint16 token shards "
+                        f"({MAX_VOCAB_SIZE})")
+    warnings: list[str] = []
+    if not tokenizer.chat_template:
+        problems.append("it has no chat template")
+    elif not missing:
+        chat_problems, warnings = _chat_template_problems(tokenizer)
+        problems += chat_problems
+    if problems:
+        raise ValueError("the tokenizer cannot serve the pipeline:\n  " + "\n  ".join(problems))
+    return warnings
+
+
+def _chat_template_problems(tokenizer: PreTrainedTokenizerBase) -> tuple[list[str], list[str]]:
+    try:
+        ids, mask = encode_chat(tokenizer, PROBE_CONVERSATION)
+        bare = tokenizer.apply_chat_template(PROBE_CONVERSATION[:2], tokenize=False)
+        prompt = tokenizer.apply_chat_template(PROBE_CONVERSATION[:2], tokenize=False,
+                                               add_generation_prompt=True)
+    except Exception as exc:
+        return [f"the chat template fails on a probe conversation: "
+                f"{type(exc).__name__}: {exc}"], []
+    runs, start = [], None
+    for index, flag in enumerate([*mask, 0]):
+        if flag and start is None:
+            start = index
+        elif not flag and start is not None:
+            runs.append((start, index))
+            start = None
+    end_id = tokenizer.convert_tokens_to_ids(END_OF_TURN)
+    trained = "".join(tokenizer.decode(ids[a:b]) for a, b in runs)
+    context = tokenizer.decode([i for i, flag in zip(ids, mask, strict=True) if not flag])
+    problems = []
+    if len(runs) != 3 or any(ids[b - 1] != end_id for _, b in runs):
+        problems.append(f"the assistant mask of a probe with 3 assistant turns has {len(runs)} "
+                        f"span(s), not each ending with {END_OF_TURN}: the template must "
+                        f"write each assistant turn as {ASSISTANT_HEADER!r}…{END_OF_TURN} "
+                        "(or mark it with {% generation %})")
+    if lost := [text for text in _TRAINED_TEXTS if text not in trained]:
+        problems.append(f"assistant text outside the assistant mask: {', '.join(lost)}")
+    if leaked := [text for text in _CONTEXT_TEXTS if text in trained or text not in context]:
+        problems.append(f"user/tool text missing or inside the assistant mask: "
+                        f"{', '.join(leaked)}")
+    if not prompt.startswith(bare) or ASSISTANT_HEADER not in prompt[len(bare):]:
+        problems.append(f"add_generation_prompt does not open an assistant turn "
+                        f"({ASSISTANT_HEADER!r})")
+    warnings = []
+    if "probe_lookup" not in context:
+        warnings.append("the chat template does not render a system message's tools: SFT "
+                        "records with tools would train without their schemas")
+    return problems, warnings

@@ -65,7 +65,7 @@ def train_phase(ctx: StageContext, name: str, model: Any, phase: Any,
         "audios": stats.get("audios", 0),
         "dropped": {reason: stats[reason] for reason in stats if reason.startswith("dropped")},
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "steps": phase.train.max_steps,
+        "steps": trainer.config.max_steps,
         "seconds": round(time.perf_counter() - started, 1),
     }
 

@@ -97,10 +97,28 @@ class DownloadParams(Strict):
 
 
 class TokenizerParams(TokenizerConfig):
-    """tokenizer: the BPE knobs of minimind.tokenizer plus what text it learns from."""
+    """tokenizer: the BPE knobs of minimind.tokenizer plus what text it learns from.
+
+    `pretrained` set: no training; an existing tokenizer is loaded, checked and saved, and
+    vocab_size, min_frequency, max_train_chars and include_sft are ignored (the model's
+    vocabulary is then len(tokenizer), as always).
+    """
 
     max_train_chars: int = Field(default=200_000_000, ge=1000, description="training text cap")
     include_sft: bool = Field(default=True, description="also learn from SFT dialogue text")
+    pretrained: str | None = Field(
+        default=None, description="use this tokenizer instead of training one: a hub id "
+        "<owner>/<repo>[@rev] (or hf://…; $HF_ENDPOINT mirrors work) or a folder holding "
+        "tokenizer.json (absolute, relative to the project, or file://…), e.g. upstream "
+        "MiniMind's model/. Checked at stage start for the tokens and chat layout the "
+        "pipeline needs")
+
+    @field_validator("pretrained")
+    @classmethod
+    def _pretrained_form(cls, spec: str | None) -> str | None:
+        from minimind.tokenizer import check_pretrained_spec
+
+        return None if spec is None else check_pretrained_spec(spec)
 
 
 class TokenizeParams(Strict):
@@ -119,10 +137,24 @@ class FeaturesParams(Strict):
 
 
 class PretrainParams(TrainingStageParams):
-    """pretrain: causal-LM training from scratch on the token shards."""
+    """pretrain: causal-LM training from scratch (or from `init_from`) on the token shards."""
 
     seq_len: int = Field(ge=16, description="tokens per training row")
     eval_rows: int = Field(default=256, ge=1, description="held-out rows per evaluation")
+    init_from: str | None = Field(
+        default=None, description="start from these weights instead of random ones: "
+        "hf://[models/]<owner>/<repo>/<file>[@rev], https://…, file://… or a path, holding an "
+        "upstream MiniMind .pth state dict (e.g. llm_768.pth) or a safetensors file/folder of "
+        "this project. The architecture still comes from `model` (and the vocabulary from "
+        "the tokenizer); keys are matched strictly, a missing, unexpected or misshapen one is "
+        "an error. train.max_steps >= 1 still applies: a few steps continue training")
+
+    @field_validator("init_from")
+    @classmethod
+    def _init_from_form(cls, uri: str | None) -> str | None:
+        from minimind.model.upstream import check_weights_uri
+
+        return None if uri is None else check_weights_uri(uri)
 
 
 class SFTParams(TrainingStageParams):
@@ -130,6 +162,17 @@ class SFTParams(TrainingStageParams):
 
     seq_len: int = Field(ge=16, description="tokens per packed row")
     eval_rows: int = Field(default=256, ge=1, description="held-out rows per evaluation")
+    init_from: str | None = Field(
+        default=None, description="fine-tune these weights instead of models/pretrain's (same "
+        "forms as pretrain.init_from, e.g. an upstream full_sft_768.pth); the architecture "
+        "and tokenizer still come from models/pretrain, and keys are matched strictly")
+
+    @field_validator("init_from")
+    @classmethod
+    def _init_from_form(cls, uri: str | None) -> str | None:
+        from minimind.model.upstream import check_weights_uri
+
+        return None if uri is None else check_weights_uri(uri)
 
     lora: LoRAConfig = LoRAConfig()
     sampling: SamplingConfig = SamplingConfig()
@@ -182,6 +225,9 @@ class EvalParams(Strict):
 
     docs_per_group: int = Field(default=32, ge=1, description="held-out docs per source/language")
     max_tokens: int = Field(default=256, ge=2, description="tokens scored per document")
+    qa_sources: list[str] = Field(default=[], description="sft sources whose held-out "
+                                  "conversations are multiple-choice questions (the last "
+                                  "assistant turn is the answer); empty: no QA accuracy")
     questions: int = Field(default=100, ge=2, description="held-out multiple-choice questions")
     choices: int = Field(default=4, ge=2, description="candidates per question (chance = 1/n)")
     batch_size: int = Field(default=8, ge=1)
@@ -200,7 +246,11 @@ class EvalVLMParams(Strict):
     captions: int = Field(default=8, ge=0, description="caption samples (0: none)")
     caption_sources: list[str] = Field(default=["scene_captions"], min_length=1,
                                        description="vlm sources the caption samples come from")
-    caption_max_new_tokens: int = Field(default=48, ge=1)
+    caption_max_new_tokens: int = Field(default=48, ge=1, description="reply tokens of long "
+                                        "answers: caption samples and `open` questions")
+    short_answer_words: int = Field(default=3, ge=0, description="an untyped reference of at "
+                                    "most this many words is scored by exact match, a longer "
+                                    "one by ROUGE-L (minimind.vlm_eval)")
 
 
 class EvalOmniParams(Strict):
@@ -211,10 +261,15 @@ class EvalOmniParams(Strict):
     text_sources: list[str] = Field(default=["scene_vqa"], min_length=1,
                                     description="vlm sources asked as typed questions")
     max_records: int = Field(default=300, ge=1, description="held-out records per source set")
-    max_new_tokens: int = Field(default=48, ge=1, description="reply tokens (transcripts)")
-    answer_max_new_tokens: int = Field(default=8, ge=1, description="reply tokens (typed VQA)")
+    max_new_tokens: int = Field(default=48, ge=1, description="reply tokens (transcripts, "
+                                "spoken questions, `open` typed questions)")
+    answer_max_new_tokens: int = Field(default=8, ge=1, description="reply tokens (typed VQA "
+                                       "with short answers)")
     batch_size: int = Field(default=16, ge=1, description="prompts generated together")
     samples: int = Field(default=8, ge=0, description="replies per task in omni_samples.json")
+    short_answer_words: int = Field(default=3, ge=0, description="an untyped reference of at "
+                                    "most this many words is scored by exact match, a longer "
+                                    "one by ROUGE-L (minimind.vlm_eval)")
 
 
 class CodecParams(Strict):
@@ -252,6 +307,29 @@ class TalkerParams(Strict):
     samples: int = Field(default=4, ge=0, description="answers whose WAVs go to MLflow")
 
 
+class ModalitiesParams(Strict):
+    """modalities: which model families the DAG trains beside the text LLM (always trained).
+
+    A family switched off keeps its stages in dvc.yaml, but they do no work: each writes
+    placeholder outputs and metrics saying `skipped` (pipelines.stage), so `dvc repro` stays
+    the one command and `dvc metrics show` says what did not run. Its params sections are
+    then not checked against data.sources either, so a text-only preset need not rewrite
+    them.
+    """
+
+    vision: bool = Field(default=True, description="features (images), align, eval_vlm, "
+                         "export_vlm: the VLM grown from models/sft")
+    omni: bool = Field(default=True, description="audio features, align_omni, eval_omni, "
+                       "talker: the omni model grown from models/vlm (needs vision)")
+
+    @model_validator(mode="after")
+    def _omni_needs_vision(self) -> ModalitiesParams:
+        if self.omni and not self.vision:
+            raise ValueError("omni: true needs vision: true (the omni model grows from "
+                             "models/vlm)")
+        return self
+
+
 class ExportStageParams(ExportParams):
     """export: formats (from minimind.export) plus where the MLflow model is registered."""
 
@@ -260,6 +338,7 @@ class ExportStageParams(ExportParams):
 
 class Params(Strict):
     data: DataParams
+    modalities: ModalitiesParams = ModalitiesParams()
     download: DownloadParams = DownloadParams()
     clean: CleanConfig = CleanConfig()
     tokenizer: TokenizerParams = TokenizerParams()
@@ -289,21 +368,31 @@ class Params(Strict):
             if seq_len > positions:
                 raise ValueError(f"{section}.seq_len ({seq_len}) exceeds the model's "
                                  f"max_position_embeddings ({positions})")
-        for section in ("align", "align_omni"):
+        for section, on in (("align", self.modalities.vision),
+                            ("align_omni", self.modalities.omni)):
             max_len = getattr(self, section).max_len
-            if max_len > positions:
+            if on and max_len > positions:
                 raise ValueError(f"{section}.max_len ({max_len}) exceeds the model's "
                                  f"max_position_embeddings ({positions})")
         kinds = {source.name: source.kind for source in self.data.sources}
-        for key, sources, wanted in (
-                ("align_omni.phase1.sources", self.align_omni.phase1.sources, ("omni",)),
-                ("align_omni.phase2.sources", self.align_omni.phase2.sources, ("vlm", "omni")),
-                ("eval_omni.sources", self.eval_omni.sources, ("omni",)),
-                ("eval_omni.text_sources", self.eval_omni.text_sources, ("vlm",)),
-                ("talker.sources", self.talker.sources, ("omni",))):
+        checks: list[tuple[str, list[str], tuple[str, ...]]] = [
+            ("eval.qa_sources", self.eval.qa_sources, ("sft",))]
+        if self.modalities.vision:
+            checks += [("align.phase1.sources", self.align.phase1.sources, ("vlm",)),
+                       ("align.phase2.sources", self.align.phase2.sources, ("vlm",)),
+                       ("eval_vlm.sources", self.eval_vlm.sources, ("vlm",)),
+                       ("eval_vlm.caption_sources", self.eval_vlm.caption_sources, ("vlm",))]
+        if self.modalities.omni:
+            checks += [("align_omni.phase1.sources", self.align_omni.phase1.sources, ("omni",)),
+                       ("align_omni.phase2.sources", self.align_omni.phase2.sources,
+                        ("vlm", "omni")),
+                       ("eval_omni.sources", self.eval_omni.sources, ("omni",)),
+                       ("eval_omni.text_sources", self.eval_omni.text_sources, ("vlm",)),
+                       ("talker.sources", self.talker.sources, ("omni",))]
+        for key, sources, wanted in checks:
             if bad := [name for name in sources if kinds.get(name) not in wanted]:
                 raise ValueError(f"{key}: {bad} are not {' or '.join(wanted)} sources of "
-                                 "data.sources")
+                                 "data.sources (or switch the family off in modalities)")
         return self
 
 

@@ -6,8 +6,15 @@ data sources reruns download and what follows, while a preset that only touches 
 reruns only the tokenizer. Mappings merge recursively; lists (like data.sources) are replaced.
 
     python -m pipelines.presets list
-    python -m pipelines.presets show minimind-hf
-    python -m pipelines.presets apply minimind-hf      # then: dvc repro
+    python -m pipelines.presets show minimind-3
+    python -m pipelines.presets apply minimind-3 gpu   # in order, then: dvc repro
+
+Several presets compose: each overlays the result of the ones before it, and the params are
+validated after every step, so no preset leaves a params.yaml that fails validation. A family
+preset (minimind-3, minimind-3v, ...) sets data, model and recipe; a machine preset (gpu)
+sets only precision/compilation/devices, so the two touch different keys. A preset may start
+with `extends: <name>` (or a list): those are applied first, so minimind-3v is minimind-3's
+text recipe plus the vision keys, without repeating them.
 """
 
 from __future__ import annotations
@@ -34,26 +41,46 @@ def _merge(target: Any, overlay: dict[str, Any]) -> None:
             target[key] = value
 
 
-def apply_preset(name: str, params_path: Path, presets_dir: Path = PRESETS_DIR) -> None:
-    """Overlay preset `name` onto params_path; validate the result before writing it."""
+def apply_presets(names: list[str], params_path: Path, presets_dir: Path = PRESETS_DIR) -> None:
+    """Overlay presets `names` in order onto params_path, validating after each one; the
+    file is written (atomically) only when every step validated."""
     from ruamel.yaml import YAML
 
     from pipelines.atomic import write_text
     from pipelines.params import validate_params
 
     presets = available(presets_dir)
-    if name not in presets:
-        raise SystemExit(f"unknown preset {name!r}; available: {', '.join(presets) or 'none'}")
     yaml = YAML()
     yaml.preserve_quotes = True
     yaml.width = 4096
     params = yaml.load(params_path.read_text(encoding="utf-8"))
-    overlay = YAML(typ="safe").load(presets[name].read_text(encoding="utf-8")) or {}
-    _merge(params, overlay)
-    validate_params(_plain(params), origin=f"{params_path} with preset {name}")
+    applied: list[str] = []
+    for name in names:
+        for step, overlay in _chain(name, presets):
+            _merge(params, overlay)
+            applied.append(step)
+        validate_params(_plain(params), origin=f"{params_path} with preset(s) "
+                        f"{' + '.join(applied)}")
     buffer = io.StringIO()
     yaml.dump(params, buffer)
     write_text(params_path, buffer.getvalue())
+
+
+def _chain(name: str, presets: dict[str, Path], seen: tuple[str, ...] = ()
+           ) -> list[tuple[str, dict[str, Any]]]:
+    """(name, overlay) of `name` and of what it extends, the extended ones first."""
+    from ruamel.yaml import YAML
+
+    if name not in presets:
+        raise SystemExit(f"unknown preset {name!r}; available: {', '.join(presets) or 'none'}")
+    if name in seen:
+        raise SystemExit(f"preset {name!r} extends itself: {' -> '.join((*seen, name))}")
+    overlay = YAML(typ="safe").load(presets[name].read_text(encoding="utf-8")) or {}
+    parents = overlay.pop("extends", [])
+    chain: list[tuple[str, dict[str, Any]]] = []
+    for parent in [parents] if isinstance(parents, str) else parents:
+        chain += _chain(parent, presets, (*seen, name))
+    return [*chain, (name, overlay)]
 
 
 def _plain(node: Any) -> Any:
@@ -72,8 +99,8 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("list", help="list the presets")
     show = sub.add_parser("show", help="print a preset")
     show.add_argument("name")
-    apply = sub.add_parser("apply", help="apply a preset to params.yaml")
-    apply.add_argument("name")
+    apply = sub.add_parser("apply", help="apply presets to params.yaml, in the order given")
+    apply.add_argument("names", nargs="+", metavar="name")
     apply.add_argument("--params", default="params.yaml", type=Path)
     args = parser.parse_args(argv)
     presets = available()
@@ -86,8 +113,8 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(f"unknown preset {args.name!r}; available: {', '.join(presets)}")
         print(presets[args.name].read_text(encoding="utf-8"), end="")
     else:
-        apply_preset(args.name, args.params)
-        print(f"applied preset {args.name!r} to {args.params}; now run: dvc repro")
+        apply_presets(args.names, args.params)
+        print(f"applied preset(s) {' + '.join(args.names)} to {args.params}; now run: dvc repro")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ class StageSpec:
     deps: list[str]
     outs: list[str]
     metrics: list[str] = field(default_factory=list)
+    plots: list[str] = field(default_factory=list)
     persistent: list[str] = field(default_factory=list)  # outs kept across runs (checkpoints)
 
 
@@ -51,9 +52,17 @@ def read_stage_spec(name: str, root: Path) -> StageSpec:
         deps=_paths(spec.get("deps", [])),
         outs=_paths(spec.get("outs", [])),
         metrics=_paths(spec.get("metrics", [])),
+        plots=_paths(spec.get("plots", [])),
         persistent=[next(iter(e)) for e in spec.get("outs", [])
                     if isinstance(e, dict) and next(iter(e.values())).get("persist")],
     )
+
+
+def all_deps(root: Path) -> set[str]:
+    """Every dependency path of every stage in dvc.yaml."""
+    stages = (yaml.safe_load((root / "dvc.yaml").read_text(encoding="utf-8")) or {}).get(
+        "stages", {})
+    return {dep for spec in stages.values() for dep in _paths(spec.get("deps", []))}
 
 
 def git_state(root: Path) -> dict[str, str]:

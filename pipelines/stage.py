@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -73,11 +74,14 @@ WORKER_ENV = "MINIMIND_STAGE_RUN"  # set for torchrun workers: the launcher's ru
 
 def run_stage(name: str, body: Callable[[StageContext], None], description: str,
               argv: list[str] | None = None,
-              processes: Callable[[Params], int] | None = None) -> None:
+              processes: Callable[[Params], int] | None = None,
+              modality: str | None = None) -> None:
     """Run one pipeline stage: validate, track, time, report. Exits non-zero on bad params.
 
     `processes(params)` > 1 makes this process a launcher: it owns the MLflow run and starts
     the stage again under torchrun; the workers run `body` and rank 0 logs into the same run.
+    `modality` names the `modalities` switch the stage belongs to ("vision", "omni"): when it
+    is off, `body` never runs and the stage writes `skipped` placeholders (`write_skipped`).
     """
     args = _parser(name, description).parse_args(argv)
     if not sys.stderr.isatty():  # progress bars in a log file: a line every 30 s, not a flood
@@ -118,7 +122,17 @@ def run_stage(name: str, body: Callable[[StageContext], None], description: str,
     tags = {"git.commit": git["commit"], "git.dirty": git["dirty"],
             "params.hash": params_hash(own), "stage.identity": identity}
     tags.update({f"dvc.dep.{dep}": md5 for dep, md5 in deps.items()})
+    skipped = modality is not None and not getattr(params.modalities, modality)
+    if skipped:
+        tags["stage.skipped"] = "true"
     run.start(pipeline_key, flatten(own), tags)
+    if skipped:
+        reason = f"modalities.{modality} is false"
+        write_skipped(spec, root, reason)
+        run.end("FINISHED")
+        print(f"[{name}] skipped ({reason}): no work done; placeholder outputs say so in "
+              f"{', '.join(spec.outs + spec.metrics)}. MLflow: {_where(run)}", flush=True)
+        return
     print(f"[{name}] started; MLflow: {_where(run)}", flush=True)
     nproc = processes(params) if processes is not None else 1
     started = time.perf_counter()
@@ -139,6 +153,64 @@ def run_stage(name: str, body: Callable[[StageContext], None], description: str,
     print(f"[{name}] done in {seconds:.1f}s; outputs: {', '.join(spec.outs + spec.metrics)}",
           flush=True)
     print(f"[{name}] MLflow: {_where(run)}", flush=True)
+
+
+SKIPPED_FILE = "SKIPPED.json"
+
+
+def write_skipped(spec: StageSpec, root: Path, reason: str) -> None:
+    """Placeholder outputs of a stage whose modality is switched off, each saying so.
+
+    DVC needs every declared output to exist, and the stages downstream need their deps: an
+    output folder gets a SKIPPED.json (as does every dependency path of any stage inside it,
+    e.g. data/features/vision), a metrics file `{"skipped": true, "reason": ...}`, a plot data
+    file an empty list and a plot image a picture that reads "skipped". Anything a stage
+    would read as a real model or dataset is absent, so a downstream stage that wrongly
+    runs fails loudly instead of training on nothing.
+    """
+    from pipelines.atomic import write_json
+    from pipelines.provenance import all_deps
+
+    marker = skipped_marker(spec.name, reason)
+    outs = [out for out in spec.outs if out not in spec.metrics + spec.plots]
+    for out in outs:
+        path = root / out
+        if path.suffix == ".json":
+            write_json(path, marker)
+            continue
+        if path.is_dir() and out not in spec.persistent:
+            shutil.rmtree(path)
+        inner = [dep for dep in all_deps(root) if dep.startswith(out.rstrip("/") + "/")]
+        for folder in [out, *inner]:
+            write_skipped_folder(root / folder, spec.name, reason)
+    for metrics in spec.metrics:
+        write_json(root / metrics, marker)
+    for plot in spec.plots:
+        if plot.endswith(".json"):
+            write_json(root / plot, [])
+        else:
+            _skipped_picture(root / plot, f"{spec.name}: skipped ({reason})")
+
+
+def skipped_marker(stage: str, reason: str) -> dict[str, Any]:
+    return {"skipped": True, "reason": reason, "stage": stage}
+
+
+def write_skipped_folder(path: Path, stage: str, reason: str) -> None:
+    """A folder holding only SKIPPED.json: a dependency path that exists, with no data."""
+    from pipelines.atomic import write_json
+
+    path.mkdir(parents=True, exist_ok=True)
+    write_json(path / SKIPPED_FILE, skipped_marker(stage, reason))
+
+
+def _skipped_picture(path: Path, text: str) -> None:
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (480, 60), "white")
+    ImageDraw.Draw(image).text((10, 22), text, fill="black")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
 
 
 def _launch_workers(name: str, nproc: int, args: argparse.Namespace, root: Path,

@@ -85,10 +85,10 @@ def main(ctx: StageContext) -> None:
         ctx, "phase2", model, opts.phase2,
         trainable_filter(model.config, opts.phase2.llm_layers, opts.phase2.train_embeddings,
                          projectors=projectors),
-        splits(opts.phase2.sources), opts.eval_rows, curve, opts.phase1.train.max_steps,
+        splits(opts.phase2.sources), opts.eval_rows, curve, metrics["phase1"]["steps"],
         projector_lr_scale(opts.phase2, projectors))
     finish_alignment(ctx, model, tokenizer, metrics, curve, MODEL_DIR, METRICS)
 
 
 if __name__ == "__main__":
-    run_stage("align_omni", main, __doc__)
+    run_stage("align_omni", main, __doc__, modality="omni")

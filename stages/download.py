@@ -102,13 +102,16 @@ def build_builtin(name: str, limit: int | None, seed: int, stem: Path) -> Any:
 
 MEDIA_COLUMNS = ("image_bytes", "question_audios", "answer_audio")
 LIST_COLUMNS = ("question_audios",)  # always a list, even with one clip (MiniMind-O)
+ANSWER_COLUMNS = ("answer_types", "answer_choices")  # evaluation fields: JSON text, as
+# `conversations` is (minimind.data.records reads either a list or JSON text of one)
 
 
 def write_vlm_parquet(records: Iterable[dict], handle: Any, row_group_rows: int = 256) -> int:
     """Write vlm/omni records (`conversations` list plus media bytes) as Parquet.
 
     Media columns are the `MEDIA_COLUMNS` any record holds, null where a record has none
-    (an omni transcription shows no image). A column's type must be known before the first
+    (an omni transcription shows no image); so are the evaluation fields (`ANSWER_COLUMNS`),
+    stored as JSON strings like `conversations`. A column's type must be known before the first
     row is written, and one record with two images makes `image_bytes` a list for all, so the
     records are gathered first: builtin corpora are a few thousand small PNGs and short clips,
     tens to a few hundred MB at most.
@@ -117,8 +120,11 @@ def write_vlm_parquet(records: Iterable[dict], handle: Any, row_group_rows: int 
     import pyarrow.parquet as pq
 
     rows = [{"conversations": json.dumps(r["conversations"], ensure_ascii=False),
-             **{key: r[key] for key in MEDIA_COLUMNS if key in r}} for r in records]
+             **{key: r[key] for key in MEDIA_COLUMNS if key in r},
+             **{key: json.dumps(r[key], ensure_ascii=False)
+                for key in ANSWER_COLUMNS if r.get(key) is not None}} for r in records]
     fields = [("conversations", pa.string())]
+    fields += [(key, pa.string()) for key in ANSWER_COLUMNS if any(key in row for row in rows)]
     for key in MEDIA_COLUMNS:
         values = [row.get(key) for row in rows]
         if all(value is None for value in values):

@@ -2,8 +2,9 @@
 
 - perplexity of pretrain, sft and dpo models on held-out pretrain text, per source corpus and
   per language;
-- multiple-choice QA accuracy (held-out wiki questions, the true answer among
-  `eval.choices` candidates) beside its chance level;
+- multiple-choice QA accuracy (the held-out conversations of the sft sources `eval.qa_sources`,
+  whose last assistant turn is the answer, among `eval.choices` candidates drawn from the
+  other questions' answers) beside its chance level; none when `eval.qa_sources` is empty;
 - DPO preference accuracy on held-out pairs (the DPO model's implicit reward, with the SFT model
   as reference);
 - sample replies of the chat models, saved as metrics/eval_samples.json and logged to MLflow.
@@ -40,14 +41,15 @@ def held_out_text(clean_dir: Path, per_group: int) -> dict[str, list[str]]:
     return {key: spread(docs, per_group) for key, docs in groups.items()}
 
 
-def held_out_questions(clean_dir: Path, limit: int) -> list[tuple[list[dict], str]]:
-    """(prompt, answer) of held-out single-answer QA conversations (the wiki_qa source)."""
+def held_out_questions(clean_dir: Path, sources: list[str], limit: int
+                       ) -> list[tuple[list[dict], str]]:
+    """(prompt, answer) of the held-out conversations of `sources` that end in an answer."""
     from minimind.data.shards import iter_rows, shard_paths
 
     questions = []
     for row in iter_rows(shard_paths(clean_dir / "sft", "val"), ["conversations", "source"]):
         messages = json.loads(row["conversations"])
-        if row["source"] == "wiki_qa" and messages[-1]["role"] == "assistant":
+        if row["source"] in sources and messages[-1]["role"] == "assistant":
             questions.append((messages[:-1], messages[-1]["content"]))
         if len(questions) == limit:
             break
@@ -70,16 +72,21 @@ def main(ctx: StageContext) -> None:
     models = {name: AutoModelForCausalLM.from_pretrained(ctx.path(path), dtype=torch.float32)
               .eval() for name, path in MODELS.items()}
     texts = held_out_text(ctx.path(CLEAN_DIR), opts.docs_per_group)
-    questions = held_out_questions(ctx.path(CLEAN_DIR), opts.questions)
+    questions = held_out_questions(ctx.path(CLEAN_DIR), opts.qa_sources, opts.questions)
+    if opts.qa_sources and len(questions) < opts.choices:
+        raise ValueError(f"eval.qa_sources {opts.qa_sources}: {len(questions)} held-out "
+                         f"questions, fewer than eval.choices ({opts.choices})")
     metrics: dict = {"perplexity": {}, "qa_accuracy": {}}
     for name, model in models.items():
         metrics["perplexity"][name] = {
             group: round(perplexity(*text_loss(model, tokenizer, docs, opts.max_tokens)), 3)
             for group, docs in sorted(texts.items())}
+        print(f"[eval] {name}: perplexity {metrics['perplexity'][name]}", flush=True)
+        if not questions:
+            continue
         metrics["qa_accuracy"][name] = multiple_choice_accuracy(
             model, tokenizer, questions, opts.choices, opts.seed)
-        print(f"[eval] {name}: perplexity {metrics['perplexity'][name]}; QA accuracy "
-              f"{metrics['qa_accuracy'][name]['accuracy']:.3f} "
+        print(f"[eval] {name}: QA accuracy {metrics['qa_accuracy'][name]['accuracy']:.3f} "
               f"(chance {1 / opts.choices:.3f})", flush=True)
     pairs = DPODataset(ctx.path(DPO_TOKENS))
     reference = reference_logps(models["sft"], pairs, opts.batch_size)

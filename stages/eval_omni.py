@@ -1,10 +1,13 @@
 """eval_omni: the omni model on held-out speech, and on typed questions, as one model.
 
-Audio in (`eval_omni.sources`, clean omni val split): ASR CER/WER of the transcription
-records beside the audio-blind baseline (the best constant reply), and exact-match accuracy
-of spoken questions about images per answer type beside chance (see minimind.omni_eval).
+Audio in (`eval_omni.sources`, clean omni val split): ASR CER/WER of the transcription turns
+beside the audio-blind baseline (the best constant reply), and spoken questions about images
+scored per kind beside chance and the train split's majority answer (see minimind.omni_eval).
 Text in (`eval_omni.text_sources`, clean vlm val split): the same model answers typed
-questions about images, scored per question type as eval_vlm scores models/vlm, so text,
+questions about images, scored exactly as eval_vlm scores models/vlm (minimind.vlm_eval:
+kinds and choices from the records' `answer_types` / `answer_choices`, the length fallback
+at `eval_omni.short_answer_words` words otherwise, majority baselines from the train split;
+short answers get `answer_max_new_tokens` tokens, `open` ones `max_new_tokens`), so text,
 image and audio input are shown to go through one model. Writes metrics/eval_omni.json and
 metrics/omni_samples.json (replies beside references per task), both logged to MLflow.
 """
@@ -28,14 +31,13 @@ def main(ctx: StageContext) -> None:
     import torch
     from transformers import AutoTokenizer
 
-    from minimind.data.builtin.scenes import ANSWERS, question_type
     from minimind.data.features import FeatureStore
     from minimind.data.vlm_tokens import read_vlm_rows
     from minimind.evaluation import spread
     from minimind.model.omni import MiniMindOmni
     from minimind.omni_eval import evaluate_omni
     from minimind.training.trainer import default_device
-    from minimind.vlm_eval import vqa_accuracy
+    from minimind.vlm_eval import describe, evaluate_vqa
     from pipelines.atomic import write_json
 
     opts = ctx.params.eval_omni
@@ -47,11 +49,15 @@ def main(ctx: StageContext) -> None:
     held_out = spread(read_vlm_rows(clean / "omni", "val", opts.sources), opts.max_records)
     metrics: dict[str, Any] = evaluate_omni(
         model, tokenizer, held_out, read_vlm_rows(clean / "omni", "train", opts.sources),
-        vision, audio, ANSWERS, opts.max_new_tokens, opts.batch_size, opts.samples)
+        vision, audio, opts.max_new_tokens, opts.batch_size, opts.samples,
+        opts.short_answer_words)
     samples = metrics.pop("samples")
     text_rows = spread(read_vlm_rows(clean / "vlm", "val", opts.text_sources), opts.max_records)
-    metrics["text_vqa"] = vqa_accuracy(model, tokenizer, text_rows, vision, question_type,
-                                       opts.answer_max_new_tokens, ANSWERS, opts.batch_size)
+    metrics["text_vqa"] = evaluate_vqa(
+        model, tokenizer, text_rows, read_vlm_rows(clean / "vlm", "train", opts.text_sources),
+        vision, max_new_tokens=opts.answer_max_new_tokens,
+        open_max_new_tokens=opts.max_new_tokens, batch_size=opts.batch_size,
+        short_answer_words=opts.short_answer_words)
     write_json(ctx.path(SAMPLES), samples)
     ctx.write_metrics(METRICS, metrics)
     for path in (METRICS, SAMPLES):
@@ -62,11 +68,9 @@ def main(ctx: StageContext) -> None:
               f"{asr['baseline']['wer']:.3f} (reply {asr['baseline']['reply']!r})", flush=True)
     for name in ("spoken_vqa", "text_vqa"):
         for kind, score in metrics[name].items():
-            print(f"[eval_omni] {name} {kind:9s} accuracy {score['accuracy']:.3f} "
-                  f"({score['correct']}/{score['total']}); chance {score.get('chance', 0):.3f}",
-                  flush=True)
+            print(f"[eval_omni] {name} {describe(kind, score)}", flush=True)
     print(f"[eval_omni] samples in {SAMPLES}", flush=True)
 
 
 if __name__ == "__main__":
-    run_stage("eval_omni", main, __doc__)
+    run_stage("eval_omni", main, __doc__, modality="omni")

@@ -40,4 +40,4 @@ def main(ctx: StageContext) -> None:
 
 
 if __name__ == "__main__":
-    run_stage("export_vlm", main, __doc__)
+    run_stage("export_vlm", main, __doc__, modality="vision")

@@ -7,7 +7,8 @@ time). Training reads these features only, so the encoder never runs in a traini
 changing `features.vision` reruns this stage and what follows it, nothing upstream.
 When clean stored audio (an omni source), the audio encoder (`features.audio`) runs once per
 unique clip of data/clean/audio into data/features/audio/, a ragged cache (variable tokens per
-clip, see minimind.data.features); with no clip it does not run and writes nothing.
+clip, see minimind.data.features); with no clip it does not run and writes nothing, and with
+`modalities.omni` off data/features/audio holds only a SKIPPED.json.
 metrics/features.json holds the counts and the encoders' throughput.
 """
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipelines.stage import StageContext, run_stage
+from pipelines.stage import StageContext, run_stage, skipped_marker, write_skipped_folder
 
 CLEAN_IMAGES = Path("data/clean/images")
 CLEAN_AUDIO = Path("data/clean/audio")
@@ -36,7 +37,11 @@ def main(ctx: StageContext) -> None:
     with atomic_dir(ctx.path(FEATURES_DIR)) as out_dir:
         stats = write_features(iter_clean_images(ctx.path(CLEAN_IMAGES)), encoder,
                                out_dir / "vision", batch_size=opts.batch_size)
-        audio = encode_audio(ctx, out_dir / "audio")
+        if ctx.params.modalities.omni:
+            audio = encode_audio(ctx, out_dir / "audio")
+        else:  # the omni stages still need their dependency path to exist
+            audio = skipped_marker("features", "modalities.omni is false")
+            write_skipped_folder(out_dir / "audio", "features", audio["reason"])
     ctx.write_metrics(METRICS, {"vision": stats, **({"audio": audio} if audio else {})})
     print(f"[features] {stats['unique_images']:,} unique images ({stats['duplicates_skipped']} "
           f"repeats skipped) -> {stats['num_tokens']} x {stats['feature_dim']} tokens each with "
@@ -72,4 +77,4 @@ def encode_audio(ctx: StageContext, out_dir: Path) -> dict | None:
 
 
 if __name__ == "__main__":
-    run_stage("features", main, __doc__)
+    run_stage("features", main, __doc__, modality="vision")

@@ -1,5 +1,9 @@
 """pretrain: train MiniMind from scratch as a causal LM on the packed token shards.
 
+With `pretrain.init_from`, training starts from existing weights instead (e.g. upstream
+MiniMind's llm_768.pth, with `tokenizer.pretrained` set to upstream's tokenizer and `model`
+to the matching preset); metrics/pretrain.json then records their source and sha256.
+
 Reads data/tokens/pretrain/{train,val} and the tokenizer; writes models/pretrain/ (a Hugging
 Face folder: config, safetensors, tokenizer) and metrics/pretrain.json (final train and
 held-out loss beside the corpus's unigram entropy). Checkpoints go to
@@ -27,6 +31,7 @@ def main(ctx: StageContext) -> None:
     from minimind.model import MiniMindForCausalLM
     from minimind.training import Trainer, cleanup_distributed, init_distributed
     from minimind.training.evaluate import mean_token_loss
+    from pipelines.init_weights import init_from_weights
     from pipelines.plots import CurveRecorder, finish_curves
     from pipelines.training import flops_per_token, prune_checkpoints, save_model
 
@@ -36,6 +41,13 @@ def main(ctx: StageContext) -> None:
     torch.manual_seed(opts.train.seed)  # the initial weights are part of the run's identity
     model = MiniMindForCausalLM(config)
     rank, world_size, _ = init_distributed()
+    init = None
+    if opts.init_from is not None:
+        init = init_from_weights(model, opts.init_from, ctx.root, "pretrain.init_from")
+        ctx.run.set_tags({"init_from.source": init["source"], "init_from.sha256": init["sha256"]})
+        if rank == 0:
+            print(f"[pretrain] starting from {opts.init_from} (sha256 {init['sha256'][:12]})",
+                  flush=True)
     train_rows = PretrainDataset(ctx.path(TOKENS_DIR / "train"), opts.seq_len)
     val_rows = PretrainDataset(ctx.path(TOKENS_DIR / "val"), opts.seq_len)
     batches = BatchStream(train_rows, opts.train.micro_batch_size, seed=opts.train.seed,
@@ -61,9 +73,11 @@ def main(ctx: StageContext) -> None:
             "val_loss": round(final["val_loss"], 4),
             "unigram_entropy": round(unigram_entropy(ctx.path(TOKENS_DIR / "train")), 4),
             "tokens_per_s": round(final["tokens_per_s"], 1),
-            "steps": opts.train.max_steps,
+            "steps": trainer.config.max_steps,
             "parameters": num_params,
         }
+        if init is not None:
+            metrics["init_from"] = init
         ctx.write_metrics(METRICS, metrics)
         finish_curves(ctx, curve, ["loss"], ["val_loss"])
         prune_checkpoints(ctx.checkpoint_dir())

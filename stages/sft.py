@@ -5,6 +5,10 @@ conversation boundary; only assistant tokens carry loss. Optional LoRA (`sft.lor
 adapters on a frozen base and merges them, so models/sft/ is always a plain model.
 metrics/sft.json: held-out assistant-token loss before and after, and how sampled replies
 end; the samples themselves are logged to MLflow.
+
+With `sft.init_from` (e.g. upstream MiniMind's full_sft_768.pth), fine-tuning starts from those
+weights instead of models/pretrain's; the architecture (config.json) and tokenizer still come
+from models/pretrain, and metrics/sft.json records the weights' source and sha256.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ def held_out_prompts(clean_dir: Path, count: int) -> list[list[dict]]:
 
 def main(ctx: StageContext) -> None:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     import minimind.model  # noqa: F401 - registers MiniMind with the Auto classes
     from minimind.data.batches import BatchStream
@@ -47,13 +51,25 @@ def main(ctx: StageContext) -> None:
     from minimind.lora import apply_lora, merge_lora
     from minimind.training import Trainer, cleanup_distributed, init_distributed
     from minimind.training.evaluate import mean_token_loss
+    from pipelines.init_weights import init_from_weights
     from pipelines.plots import CurveRecorder, finish_curves
     from pipelines.training import prune_checkpoints, save_model
 
     opts = ctx.params.sft
     tokenizer = AutoTokenizer.from_pretrained(ctx.path(BASE_DIR))
-    model = AutoModelForCausalLM.from_pretrained(ctx.path(BASE_DIR), dtype=torch.float32)
-    rank, world_size, _ = init_distributed()
+    init = None
+    if opts.init_from is None:
+        model = AutoModelForCausalLM.from_pretrained(ctx.path(BASE_DIR), dtype=torch.float32)
+        rank, world_size, _ = init_distributed()
+    else:  # models/pretrain's architecture, the weights from init_from
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(ctx.path(BASE_DIR)),
+                                                 dtype=torch.float32)
+        rank, world_size, _ = init_distributed()
+        init = init_from_weights(model, opts.init_from, ctx.root, "sft.init_from")
+        ctx.run.set_tags({"init_from.source": init["source"], "init_from.sha256": init["sha256"]})
+        if rank == 0:
+            print(f"[sft] starting from {opts.init_from} (sha256 {init['sha256'][:12]}) instead "
+                  f"of {BASE_DIR}", flush=True)
     train_rows = PackedSFTDataset(SFTDataset(ctx.path(TOKENS_DIR / "train")), opts.seq_len)
     val_rows = PackedSFTDataset(SFTDataset(ctx.path(TOKENS_DIR / "val")), opts.seq_len)
 
@@ -100,6 +116,8 @@ def main(ctx: StageContext) -> None:
             "samples_stopped_frac": round(
                 sum(s["stopped_at_im_end"] for s in samples) / max(len(samples), 1), 4),
         }
+        if init is not None:
+            metrics["init_from"] = init
         from pipelines.atomic import write_json
 
         write_json(ctx.path(SAMPLES), samples)

@@ -12,7 +12,9 @@
    reported as measured; no threshold is claimed yet.
 
 Writes models/talker/ (talker.json, talker.safetensors, codec/; `load_talker` reads it) and
-metrics/talker.json; WAV samples of each condition are logged to the MLflow run.
+metrics/talker.json; WAV samples of each condition are logged to the MLflow run. Sources
+without answer speech as WAV (MiniMind-O's `answer_audios` are Mimi codes, not audio) leave
+nothing to learn: the stage then writes `skipped` placeholders saying why.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from pipelines.stage import StageContext, run_stage
+from pipelines.stage import StageContext, run_stage, write_skipped
 
 CLEAN_DIR = Path("data/clean")
 CLEAN_AUDIO = Path("data/clean/audio")
@@ -65,6 +67,13 @@ def main(ctx: StageContext) -> None:
                                                    opts.sources),
                                      tokenizer, vision, audio, ctx.params.align_omni.max_len)
                for split in ("train", "val")}
+    if not answers["train"] or not answers["val"]:  # e.g. MiniMind-O's Mimi-code answers
+        empty = "train" if not answers["train"] else "val"
+        reason = (f"no answer speech (answer_audio WAV) in the {empty} split of talker.sources "
+                  f"{opts.sources}")
+        write_skipped(ctx.spec, ctx.root, reason)
+        print(f"[talker] skipped: {reason}; metrics/talker.json says so", flush=True)
+        return
     answers["val"] = spread(answers["val"], opts.eval_clips)
     wanted = {a.answer_audio for split in answers.values() for a in split}
     clips = {sha: decode_audio(data) for sha, data in iter_clean_audio(ctx.path(CLEAN_AUDIO))
@@ -149,4 +158,4 @@ def main(ctx: StageContext) -> None:
 
 
 if __name__ == "__main__":
-    run_stage("talker", main, __doc__)
+    run_stage("talker", main, __doc__, modality="omni")

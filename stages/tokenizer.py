@@ -1,9 +1,16 @@
-"""tokenizer: train the byte-level BPE tokenizer (MiniMind-3 special tokens, ChatML template).
+"""tokenizer: train the byte-level BPE tokenizer (MiniMind-3 special tokens, ChatML template),
+or take an existing one (`tokenizer.pretrained`).
 
 Reads the clean train split (pretrain text, plus SFT dialogue text if `tokenizer.include_sft`),
 writes a Hugging Face tokenizer folder to models/tokenizer/ (loadable with
 `AutoTokenizer.from_pretrained`) and bytes-per-token on held-out text per language to
 metrics/tokenizer.json.
+
+With `tokenizer.pretrained` (a hub id `<owner>/<repo>[@rev]`, or a folder such as upstream
+MiniMind's `model/`), nothing is trained and the other tokenizer params are ignored: the
+tokenizer is loaded (hub files via huggingface_hub, so $HF_ENDPOINT mirrors work; cached in
+.cache/tokenizers), checked for every token and chat layout the pipeline needs
+(minimind.tokenizer.check_pipeline_tokenizer), and saved as is; metrics say where it came from.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from pipelines.stage import StageContext, run_stage
 CLEAN_DIR = Path("data/clean")
 TOKENIZER_DIR = Path("models/tokenizer")
 METRICS = Path("metrics/tokenizer.json")
+HUB_CACHE = Path(".cache/tokenizers")
 
 
 def training_texts(clean_dir: Path, include_sft: bool, max_chars: int) -> Iterator[str]:
@@ -50,31 +58,53 @@ def held_out_by_lang(clean_dir: Path) -> dict[str, list[str]]:
 
 
 def main(ctx: StageContext) -> None:
-    from minimind.tokenizer import bytes_per_token, train_tokenizer
+    from minimind.tokenizer import (
+        bytes_per_token,
+        check_pipeline_tokenizer,
+        load_pretrained_tokenizer,
+        train_tokenizer,
+    )
     from pipelines.atomic import atomic_dir
 
     opts = ctx.params.tokenizer
     clean_dir = ctx.path(CLEAN_DIR)
     started = time.perf_counter()
-    tokenizer = train_tokenizer(
-        training_texts(clean_dir, opts.include_sft, opts.max_train_chars),
-        vocab_size=opts.vocab_size, min_frequency=opts.min_frequency,
-    )
-    train_seconds = time.perf_counter() - started
+    if opts.pretrained is None:
+        tokenizer = train_tokenizer(
+            training_texts(clean_dir, opts.include_sft, opts.max_train_chars),
+            vocab_size=opts.vocab_size, min_frequency=opts.min_frequency,
+        )
+        source: dict[str, object] = {"source": "trained",
+                                     "train_seconds": round(time.perf_counter() - started, 3)}
+    else:
+        try:
+            tokenizer, origin = load_pretrained_tokenizer(opts.pretrained, ctx.root,
+                                                          ctx.path(HUB_CACHE))
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise SystemExit(f"tokenizer.pretrained: {exc}") from exc
+        source = dict(origin)
+    try:
+        warnings = check_pipeline_tokenizer(tokenizer)
+    except ValueError as exc:
+        key = "tokenizer.pretrained" if opts.pretrained else "tokenizer"
+        raise SystemExit(f"{key}: {exc}") from exc
+    for warning in warnings:
+        print(f"[tokenizer] warning: {warning}", flush=True)
     with atomic_dir(ctx.path(TOKENIZER_DIR)) as out_dir:
         tokenizer.save_pretrained(out_dir)
     held_out = held_out_by_lang(clean_dir)
     metrics = {
+        **source,
         "vocab_size": len(tokenizer),
-        "train_seconds": round(train_seconds, 3),
         "bytes_per_token": {lang: round(bytes_per_token(tokenizer, texts), 4)
                             for lang, texts in sorted(held_out.items())},
         "held_out_docs": {lang: len(texts) for lang, texts in sorted(held_out.items())},
     }
     ctx.write_metrics(METRICS, metrics)
-    print(f"[tokenizer] vocab {metrics['vocab_size']}, trained in {train_seconds:.1f}s; "
-          f"held-out bytes/token: {metrics['bytes_per_token']}; saved to {TOKENIZER_DIR}",
-          flush=True)
+    how = (f"trained in {metrics['train_seconds']:.1f}s" if opts.pretrained is None
+           else f"loaded from {opts.pretrained}")
+    print(f"[tokenizer] vocab {metrics['vocab_size']}, {how}; held-out bytes/token: "
+          f"{metrics['bytes_per_token']}; saved to {TOKENIZER_DIR}", flush=True)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from minimind.data.builtin.preferences import (
 )
 from minimind.data.builtin.wiki import lead_answer, read_summaries, sentences, subject
 from minimind.data.builtin.zh_text import is_headline, split_articles, untag
+from minimind.data.records import validate_record
 
 EXPECTED_KINDS = {
     "zh_news": "pretrain", "zh_reviews": "pretrain", "en_shakespeare": "pretrain",
@@ -83,7 +84,8 @@ def check_record(kind: str, record: dict) -> None:
         assert set(record) == {"conversations"}
         check_conversation(record["conversations"])
     elif kind == "vlm":
-        assert set(record) == {"conversations", "image_bytes"}
+        assert set(record) - {"answer_types", "answer_choices"} == {"conversations", "image_bytes"}
+        validate_record("vlm", record)  # evaluation fields, if any, fit the answers
         check_conversation(record["conversations"])
         images = record["image_bytes"]
         images = images if isinstance(images, list) else [images]

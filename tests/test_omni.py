@@ -228,3 +228,90 @@ def test_batches_carry_every_clip_in_pad_order():
         VLMDataset.from_rows(rows, tokenizer, Images(), 500)
     with pytest.raises(ValueError, match="clip b is not in the audio feature cache"):
         VLMDataset.from_rows(rows, tokenizer, Images(), 500, audio_features=Clips({"a": 4}))
+
+
+# ---------------------------------------------------------------------------- evaluation
+
+COLOURS = ["red", "green", "blue", "yellow", "purple", "orange"]
+
+
+def omni_row(prompt: str, answer: str, images: list[str], clips: list[str],
+             types: list | None = None, choices: list | None = None, more: list | None = None
+             ) -> dict:
+    """A clean omni row (conversations and evaluation fields as JSON text)."""
+    turns = [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer},
+             *(more or [])]
+    row = {"conversations": json.dumps(turns), "images": images, "question_audios": clips,
+           "answer_audio": None, "source": "s"}
+    for key, value in (("answer_types", types), ("answer_choices", choices)):
+        if value is not None:
+            row[key] = json.dumps(value)
+    return row
+
+
+CAPTION = "A large red circle at the top left."
+
+
+def omni_rows(tag: str, colours: list[str]) -> list[dict]:
+    rows = [omni_row("<image>\n<audio>", colour, [f"{tag}i{i}"], [f"{tag}q{i}"], ["colour"],
+                     [COLOURS]) for i, colour in enumerate(colours)]
+    return rows + [
+        omni_row("<audio>\nTranscribe the audio.", "a red circle", [], [f"{tag}t1"],
+                 ["transcript"]),
+        omni_row("<audio>\nWhat does the speaker say?", "a blue star", [],  # untyped, no
+                 [f"{tag}t2"]),  # image: a transcription by the fallback
+        omni_row("<image>\n<audio>", CAPTION, [f"{tag}c"], [f"{tag}c"]),  # untyped, long: open
+        omni_row("<image>\n<audio>", "top left", [f"{tag}s"], [f"{tag}s"],  # untyped, short
+                 more=[{"role": "user", "content": "Sure?"},
+                       {"role": "assistant", "content": "yes"}]),  # plays no audio: not asked
+    ]
+
+
+def test_eval_omni_scores_spoken_questions_beside_chance_and_the_majority(monkeypatch):
+    from minimind import omni_eval
+
+    replies = {"red": "red", "blue": "red", "a red circle": "a red circle",
+               "a blue star": "a blue car", CAPTION: "A red circle.", "top left": "top left"}
+    asked = []
+
+    def fake_replies(model, tokenizer, features, turns, max_new_tokens, *args, **kwargs):
+        asked.extend(turns)
+        return [replies[turn.reference] for turn, _ in turns]
+
+    monkeypatch.setattr(omni_eval, "turn_replies", fake_replies)
+    metrics = omni_eval.evaluate_omni(None, None, omni_rows("v", ["red", "blue"]),
+                                      omni_rows("t", ["red", "red", "blue"]), Images(),
+                                      Clips({}), samples=1)
+    assert [turn.audios for turn, _ in asked][:2] == [("vq0",), ("vq1",)]  # clips attached
+    assert metrics["records"] == metrics["turns"] == 6  # "Sure?" plays no audio
+    assert metrics["tasks"] == {"question": 3, "transcribe": 2, "open": 1}
+    assert metrics["asr"]["clips"] == 2
+    assert metrics["asr"]["cer"] < metrics["asr"]["baseline"]["cer"]
+    vqa = metrics["spoken_vqa"]
+    assert vqa["colour"] == {"correct": 1, "total": 2, "accuracy": 0.5, "chance": 1 / 6,
+                             "majority_baseline": 0.5, "majority_answer": "red",
+                             "accuracy_over_chance": 3.0}
+    assert vqa["short_answer"] == {"correct": 1, "total": 1, "accuracy": 1.0,
+                                   "majority_baseline": 1.0, "majority_answer": "top left"}
+    assert vqa["open"]["measure"] == "rouge_l_f1" and 0.5 < vqa["open"]["score"] < 1
+    assert vqa["open"]["majority_baseline"] == 1.0  # the train split's one caption
+    assert {task: len(s) for task, s in metrics["samples"].items()} == {
+        "open": 1, "question": 1, "transcribe": 1}
+
+
+def test_eval_omni_runs_a_model_on_rows_with_and_without_fields():
+    from minimind.omni_eval import evaluate_omni
+
+    tokenizer = small_tokenizer()
+    torch.manual_seed(0)
+    llm = MiniMindForCausalLM(preset_config("tiny", vocab_size=len(tokenizer),
+                                            num_hidden_layers=1))
+    vlm = MiniMindVLM.from_language_model(llm, D, N, tokenizer.convert_tokens_to_ids(IMAGE_PAD))
+    model = MiniMindOmni.from_vlm(vlm, DA, tokenizer.convert_tokens_to_ids(AUDIO_PAD),
+                                  {"encoder": "log-mel"}).eval()
+    rows = omni_rows("v", ["red", "blue"])
+    clips = Clips({sha: 3 for row in rows for sha in row["question_audios"]})
+    metrics = evaluate_omni(model, tokenizer, rows, rows, Images(), clips, max_new_tokens=4)
+    assert set(metrics["spoken_vqa"]) == {"colour", "open", "short_answer"}
+    assert all("majority_baseline" in score for score in metrics["spoken_vqa"].values())
+    assert metrics["asr"]["clips"] == 2

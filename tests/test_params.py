@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from pipelines.params import ParamsError, load_params, params_hash, select, validate_params
-from pipelines.presets import apply_preset
+from pipelines.presets import apply_presets
 from tests.conftest import REPO
 
 RAW = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
@@ -139,7 +139,7 @@ def test_stage_help_is_light() -> None:
 def test_preset_overlays_keys_and_keeps_comments(tmp_path: Path) -> None:
     params = tmp_path / "params.yaml"
     shutil.copy(REPO / "params.yaml", params)
-    apply_preset("tiny-test", params)
+    apply_presets(["tiny-test"], params)
     text = params.read_text(encoding="utf-8")
     assert "# Every knob of the pipeline" in text
     loaded = load_params(params)
@@ -157,7 +157,7 @@ def test_invalid_preset_result_leaves_params_untouched(tmp_path: Path) -> None:
     shutil.copy(REPO / "params.yaml", params)
     before = params.read_text(encoding="utf-8")
     with pytest.raises(ParamsError, match="tokenizer.vocab_size: -1 must be >= 271"):
-        apply_preset("broken", params, presets)
+        apply_presets(["broken"], params, presets)
     assert params.read_text(encoding="utf-8") == before
     with pytest.raises(SystemExit, match="unknown preset 'nope'"):
-        apply_preset("nope", params, presets)
+        apply_presets(["nope"], params, presets)

@@ -232,6 +232,63 @@ def test_vlm_conversations_are_checked_like_sft():
                              "image_bytes": b"x"})[0] == "no_assistant_turn"
 
 
+# --- evaluation fields -----------------------------------------------------------------------
+
+QA = [{"role": "user", "content": "<image>\nWhat colour?"},
+      {"role": "assistant", "content": "Red."}, {"role": "user", "content": "Describe it."},
+      {"role": "assistant", "content": "A red circle on grey."}]
+
+
+def test_answer_fields_are_kept_canonical_per_assistant_turn():
+    record = {"conversations": QA, "image_bytes": b"x", "answer_types": [" colour ", None],
+              "answer_choices": json.dumps([["red", "blue"], None])}  # JSON text, as in Parquet
+    for kind in ("vlm", "omni"):
+        assert validate_record(kind, record) == {
+            "conversations": QA, "image_bytes": b"x", "answer_types": ["colour", None],
+            "answer_choices": [["red", "blue"], None]}
+    plain = validate_record("vlm", {"conversations": QA, "image_bytes": b"x",
+                                    "answer_types": None, "answer_choices": "null"})
+    assert set(plain) == {"conversations", "image_bytes"}  # null: no fields
+    assert "answer_types" not in validate_record("sft", record)  # only vlm and omni keep them
+
+
+@pytest.mark.parametrize(("fields", "reason", "detail"), [
+    ({"answer_types": ["colour"]}, "answer_count_mismatch",
+     "answer_types: 1 entries for 2 assistant turn(s)"),
+    ({"answer_choices": [None, None, None]}, "answer_count_mismatch",
+     "answer_choices: 3 entries for 2 assistant turn(s)"),
+    ({"answer_types": "colour"}, "invalid_json", "answer_types: not a JSON list"),
+    ({"answer_types": {"0": "colour"}}, "wrong_type", "answer_types: expected a list"),
+    ({"answer_types": ["colour", 3]}, "wrong_type",
+     "answer_types[1]: expected a type name or null, got int"),
+    ({"answer_types": ["", None]}, "wrong_type", "answer_types[0]: empty type name"),
+    ({"answer_types": ["colour", None], "answer_choices": ["red", None]}, "wrong_type",
+     "answer_choices[0]: expected a list of answers or null, got str"),
+    ({"answer_types": ["colour", None], "answer_choices": [["red", 1], None]}, "wrong_type",
+     "answer_choices[0][1]: expected a string, got int"),
+    ({"answer_types": ["colour", None], "answer_choices": [["red"], None]},
+     "bad_answer_choices", "answer_choices[0]: needs at least two distinct"),
+    ({"answer_types": ["colour", None], "answer_choices": [["red", "Red."], None]},
+     "bad_answer_choices", "answer_choices[0]: needs at least two distinct"),
+    ({"answer_choices": [["red", "blue"], None]}, "bad_answer_choices",
+     "answer_choices[0]: choices need a type in answer_types[0]"),
+    ({"answer_types": ["open", None], "answer_choices": [["red", "blue"], None]},
+     "bad_answer_choices", "answer_choices[0]: choices need a type"),
+    ({"answer_types": ["colour", None], "answer_choices": [["green", "blue"], None]},
+     "answer_not_in_choices", "answer_choices[0]: the answer 'Red.' is not one of the choices"),
+])
+def test_malformed_answer_fields_are_rejected_with_a_reason(fields, reason, detail):
+    got = reason_of("vlm", {"conversations": QA, "image_bytes": b"x", **fields})
+    assert got[0] == reason and got[1].startswith(detail), got
+
+
+def test_answer_choices_are_normalised_like_the_answers():
+    record = validate_record("vlm", {"conversations": [USER, {**ANSWER, "content": "４"}],
+                                     "image_bytes": b"x", "answer_types": ["count"],
+                                     "answer_choices": [["３", "４"]]})
+    assert normalize_record("vlm", record)["answer_choices"] == [["3", "4"]]
+
+
 # --- normalisation ---------------------------------------------------------------------------
 
 
@@ -322,7 +379,8 @@ def test_detect_lang(text, lang):
 # --- property: any JSON-like value either validates or raises SchemaError ------------------
 
 FIELDS = ["text", "conversations", "chosen", "rejected", "role", "content",
-          "reasoning_content", "tools", "tool_calls", "image_bytes"]
+          "reasoning_content", "tools", "tool_calls", "image_bytes", "answer_types",
+          "answer_choices"]
 json_like = st.recursive(
     st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=8),
               st.sampled_from(list(ROLES) + ["[]", "{}", '[{"role": "user", "content": ""}]'])),

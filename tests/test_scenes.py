@@ -208,6 +208,21 @@ def test_answers_within_a_type_are_about_evenly_spread():
     assert max(asked.values()) < 1.1 * min(asked.values()), asked
 
 
+def test_vqa_records_carry_each_answers_type_and_answer_set():
+    """What evaluation reads: `answer_types` / `answer_choices` (minimind.data.records), one per
+    answer, agreeing with the templates, valid for the clean stage, chance as before."""
+    from minimind.data.records import validate_record
+
+    for record in BUILTIN_SOURCES["scene_vqa"].build(200, SEED):
+        pairs = qa_pairs(record["conversations"])
+        assert record["answer_types"] == [question_type(question) for question, _ in pairs]
+        assert record["answer_choices"] == [list(ANSWERS[kind]) for kind in record["answer_types"]]
+        checked = validate_record("vlm", record)
+        assert checked["answer_types"] == record["answer_types"]
+    for record in captions(5, SEED):
+        assert "answer_types" not in record  # captions are long answers: scored as `open`
+
+
 def test_question_type_recognises_every_template_and_nothing_else():
     for kind, templates in QUESTION_TEMPLATES.items():
         for template in templates:

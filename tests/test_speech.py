@@ -8,7 +8,7 @@ import functools
 import io
 import wave
 
-from minimind.data.builtin import BUILTIN_SOURCES
+from minimind.data.builtin import BUILTIN_SOURCES, speech
 from minimind.data.builtin.scenes import ANSWERS, SHAPES, caption, png_bytes, question_type, render
 from minimind.data.builtin.speech import (
     MIX,
@@ -53,6 +53,25 @@ def test_records_are_minimind_o_layout_with_valid_speech() -> None:
             assert 0.2 < seconds(clip) < 15
         if "image_bytes" in record:
             assert record["image_bytes"].startswith(b"\x89PNG")
+
+
+def test_records_carry_their_evaluation_fields() -> None:
+    """Spoken questions are typed with their answer set, transcriptions typed `transcript`,
+    caption requests left to the evaluation's fallback (a long answer: `open`)."""
+    from minimind.data.records import TRANSCRIPT_TYPE, validate_record
+
+    assert TRANSCRIPT_TYPE == speech.TRANSCRIPT_TYPE  # spelled out in the generator
+    made = list(speech_conversations(6, 0))
+    for record, (task, _, _, spoken, _) in zip(records(6, 0), made, strict=True):
+        validate_record("omni", record)
+        if task == "question":
+            kind = question_type(spoken[0])
+            assert record["answer_types"] == [kind]
+            assert record["answer_choices"] == [list(ANSWERS[kind])]
+        elif task == "transcribe":
+            assert record["answer_types"] == [TRANSCRIPT_TYPE] and "answer_choices" not in record
+        else:
+            assert "answer_types" not in record and "answer_choices" not in record
 
 
 def test_texts_and_answers_come_from_the_scene() -> None:

@@ -230,6 +230,28 @@ def test_config_validation() -> None:
     with pytest.raises(ValueError, match="extra"):
         toy_config(learning_rate=1e-3)
     assert TrainConfig.model_fields["grad_clip"].description
+    with pytest.raises(ValueError, match="exactly one of max_steps and epochs"):
+        toy_config(max_steps=None)
+    with pytest.raises(ValueError, match="exactly one of max_steps and epochs"):
+        toy_config(epochs=1)
+
+
+def test_epochs_set_the_steps_from_the_data_size(tmp_path: Path) -> None:
+    from minimind.data.batches import BatchStream
+
+    config = toy_config(max_steps=None, epochs=2.5, grad_accum_steps=2, warmup_steps=1)
+    # 50 rows in micro-batches of 4: 12 per pass; 2.5 passes of 12, 2 per step: 15 steps.
+    assert config.for_data(12).max_steps == 15
+    assert toy_config().for_data(12).max_steps == 8  # max_steps given: unchanged
+    with pytest.raises(ValueError, match="warmup_steps .* lower warmup_steps"):
+        toy_config(max_steps=None, epochs=1, warmup_steps=5).for_data(4)
+    rows = [{"input_ids": ids.numpy(), "labels": labels.numpy()}
+            for ids, labels in map(ToyBatches(1).row, range(50))]
+    batches = BatchStream(rows, batch_size=config.micro_batch_size, seed=config.seed)
+    trainer = Trainer(TinyLM(), config, batches, tmp_path, device="cpu")
+    assert trainer.config.max_steps == 15 and trainer.config.epochs == 2.5
+    trainer.fit()
+    assert trainer.step == 15 and batches.epoch == 2  # stopped inside the third pass
 
 
 def test_grad_accumulation_matches_larger_micro_batch(tmp_path: Path) -> None:

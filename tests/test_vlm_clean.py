@@ -349,6 +349,53 @@ def test_bad_record_matrix_rejects_with_reasons_and_keeps_every_good_one(tmp_pat
     assert by_answer["second bad"]["record"]["image_bytes"][0] == describe_bytes(BLUE)
 
 
+def test_evaluation_fields_reach_the_clean_rows_and_malformed_ones_are_rejected(tmp_path) -> None:
+    folder = tmp_path / "raw" / "typed"
+    (folder / "img").mkdir(parents=True)
+    (folder / "img" / "red.png").write_bytes(RED)
+    two = turn("What colour?", "Red.") + [{"role": "user", "content": "Describe it."},
+                                           {"role": "assistant", "content": "A red card."}]
+    typed = {"answer_types": ["colour", None], "answer_choices": [["red", "blue"], None]}
+    good = [{"conversations": two, "image": "img/red.png", **typed},  # lists in JSONL
+            {"conversations": turn("Where?", "left"), "image": "img/red.png"}]  # no fields
+    bad = {  # field -> reason, for the same two-answer conversation
+        "short": ({"answer_types": ["colour"]}, "answer_count_mismatch"),
+        "number": ({"answer_types": [1, None]}, "wrong_type"),
+        "one choice": ({"answer_types": ["colour", None], "answer_choices": [["red"], None]},
+                       "bad_answer_choices"),
+        "not a choice": ({"answer_types": ["colour", None],
+                          "answer_choices": [["green", "blue"], None]}, "answer_not_in_choices"),
+    }
+    lines = good + [{"conversations": two, "image": "img/red.png", **field}
+                    for field, _ in bad.values()]
+    (folder / "typed.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    with open(folder / "typed.parquet", "wb") as handle:  # JSON text columns, as download writes
+        write_vlm_parquet([{"conversations": two, "image_bytes": BLUE, **typed},
+                           {"conversations": two, "image_bytes": GREEN,
+                            "answer_types": ["colour"]}], handle)
+    assert pq.read_schema(folder / "typed.parquet").field("answer_types").type == pa.string()
+    out = tmp_path / "clean"
+    report = clean(tmp_path / "raw", [{"name": "typed", "kind": "vlm", "files": [
+        {"path": "typed/typed.jsonl"}, {"path": "typed/typed.parquet"}]}], out)
+
+    assert report["records_kept"] == 3
+    assert report["rejects_by_reason"] == {"answer_count_mismatch": 2, "wrong_type": 1,
+                                           "bad_answer_choices": 1, "answer_not_in_choices": 1}
+    got = [r for split in ("train", "val") for r in iter_rows(
+        shard_paths(out / "vlm", split), ["conversations", "answer_types", "answer_choices"])]
+    fields = sorted((r["answer_types"], r["answer_choices"]) for r in got
+                    if r["answer_types"] is not None)
+    assert fields == [('["colour", null]', '[["red", "blue"], null]')] * 2  # JSONL and Parquet
+    assert sum(r["answer_types"] is None and r["answer_choices"] is None for r in got) == 1
+    by_origin = {r["origin"]: r for r in rejects(out)}
+    assert {origin: r["reason"] for origin, r in by_origin.items()} == {
+        "typed/typed.jsonl:3": "answer_count_mismatch", "typed/typed.jsonl:4": "wrong_type",
+        "typed/typed.jsonl:5": "bad_answer_choices", "typed/typed.jsonl:6": "answer_not_in_choices",
+        "typed/typed.parquet:2": "answer_count_mismatch"}
+    assert by_origin["typed/typed.jsonl:3"]["detail"] == (
+        "answer_types: 1 entries for 2 assistant turn(s)")
+
+
 # --- download ------------------------------------------------------------------------------
 
 def fake_ctx(root: Path) -> SimpleNamespace:
@@ -393,6 +440,10 @@ def test_builtin_vlm_source_is_written_as_minimind_v_parquet(tmp_path: Path) -> 
     report = clean(tmp_path, [{"name": n, "kind": "vlm", "files": [{"path": f"{n}.parquet"}]}
                               for n in ("scene_captions", "scene_vqa")], tmp_path / "clean")
     assert report["records_kept"] == 72 and report["rejects_by_reason"] == {}
+    assert pq.read_schema(vqa.path).field("answer_types").type == pa.string()
+    typed = [r for split in ("train", "val") for r in iter_rows(
+        shard_paths(tmp_path / "clean" / "vlm", split), ["source", "answer_types"])]
+    assert all((r["answer_types"] is not None) == (r["source"] == "scene_vqa") for r in typed)
     references = [sha for r in rows(tmp_path / "clean") for sha in r["images"]]
     unique = set(references)
     assert report["images"]["stored"] == len(unique) == len(

@@ -3,8 +3,9 @@
 Fake "images" are colour ids; their cached features carry the colour as a strong signal in one
 block of channels plus noise, so a model that reads its image features can learn to name the
 colour, and one that ignores them cannot beat chance. Files follow the shared contracts:
-clean vlm Parquet shards (`conversations` JSON, `images` sha256 list, `lang`, `source`,
-`origin`) and the feature cache (`encoder.json`, float16 `shard-NNNNN.npy`, `index.parquet`).
+clean vlm Parquet shards (`conversations` JSON, `images` sha256 list, the evaluation
+fields `answer_types` / `answer_choices` as JSON, `lang`, `source`, `origin`) and the feature
+cache (`encoder.json`, float16 `shard-NNNNN.npy`, `index.parquet`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ COLOURS = ("red", "green", "blue", "yellow", "purple", "orange")
 IMAGE_TOKENS = 4
 FEATURE_DIM = 24
 CLEAN_SCHEMA = pa.schema([("conversations", pa.string()), ("images", pa.list_(pa.string())),
+                          ("answer_types", pa.string()), ("answer_choices", pa.string()),
                           ("lang", pa.string()), ("source", pa.string()),
                           ("origin", pa.string())])
 INDEX_SCHEMA = pa.schema([("sha256", pa.string()), ("shard", pa.int32()), ("row", pa.int32())])
@@ -54,7 +56,9 @@ def assistant(content: str) -> dict:
 def make_records(count: int, seed: int, first_image: int = 0
                  ) -> tuple[list[dict], dict[str, np.ndarray]]:
     """`count` caption and `count` VQA records (a third of the VQA ones with two images) and
-    the features of every image they show."""
+    the features of every image they show. VQA records carry the evaluation fields: the
+    colour questions typed `colour` (one image) or `which` (two), the colours as choices;
+    the follow-up "What shape is it?" is left untyped (a short answer by the fallback)."""
     rng = random.Random(seed)
     noise = np.random.default_rng(seed)
     features: dict[str, np.ndarray] = {}
@@ -80,20 +84,23 @@ def make_records(count: int, seed: int, first_image: int = 0
             records.append({"conversations": [
                 user(f"<image>\n<image>\nWhat colour is the {which} circle?"),
                 assistant(c1 if which == "first" else c2)], "images": [first, second],
-                "source": "vqa"})
+                "source": "vqa", "answer_types": ["which"], "answer_choices": [list(COLOURS)]})
         else:
             records.append({"conversations": [user("<image>\nWhat colour is the circle?"),
                                               assistant(colour),
                                               user("What shape is it?"),
                                               assistant("circle")],
-                            "images": [sha], "source": "vqa"})
+                            "images": [sha], "source": "vqa", "answer_types": ["colour", None],
+                            "answer_choices": [list(COLOURS), None]})
     return records, features
 
 
 def write_clean_vlm(clean_dir: Path, split: str, records: list[dict]) -> Path:
-    """One clean vlm shard of `records` (conversations as JSON strings)."""
+    """One clean vlm shard of `records` (conversations and evaluation fields as JSON)."""
     clean_dir.mkdir(parents=True, exist_ok=True)
     rows = [{"conversations": json.dumps(r["conversations"]), "images": r["images"],
+             **{key: json.dumps(r[key]) for key in ("answer_types", "answer_choices")
+                if r.get(key) is not None},
              "lang": "en", "source": r["source"], "origin": f"{r['source']}:{i}"}
             for i, r in enumerate(records)]
     path = clean_dir / f"{split}-00000.parquet"

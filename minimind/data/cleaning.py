@@ -13,14 +13,24 @@ RGB PNG, or the record is rejected. Rows store the images' sha256 (`images` colu
 unique image is stored once in `images/`. Records are deduplicated exactly on their text plus
 image hashes (text similarity says nothing about whether two images are alike, so near-dup is
 off for them), and split by their image hashes rather than their text, so the conversations
-about one image land in the same split and held-out images are unseen in training.
+about one image land in the same split and held-out images are unseen in training. The
+optional evaluation fields (`answer_types`, `answer_choices`; see `minimind.data.records`)
+are checked against the assistant turns (a malformed one rejects the record with its
+reason) and kept in the rows as JSON text (null when the record has none), for eval_vlm and
+eval_omni to read.
 
 omni records (MiniMind-O) are vlm records plus audio (`minimind.data.audio`): one `<audio>`
 marker per question clip, every clip decodable, within the duration limits and normalised to
 16 kHz mono PCM16 WAV, and an optional spoken answer. Rows add the clips' sha256
 (`question_audios`, `answer_audio`) and each unique clip is stored once in `audio/`. The image
 may be absent (a transcription request is audio only); such records split by their text,
-which holds the clips' hashes.
+which holds the clips' hashes. MiniMind-O's own Parquet layout (no `<audio>` marker, one
+`question_audios` entry per user turn) is first given its markers by
+`minimind.data.records.match_turn_audios`; its transcripts (`question_text`, where an export
+has them) are kept in the rows, one per clip. Its Mimi-code fields (`answer_audios`,
+`ref_audios`) and `spk_emb` are dropped, not the record. By-source counts of the kept rows:
+`omni.records_matched` / `omni.turns_matched` (markers placed), `omni.answer_codes_dropped`,
+`omni.ref_audios_dropped`, `omni.spk_emb_dropped` (rows that had them).
 """
 
 from __future__ import annotations
@@ -59,6 +69,7 @@ from minimind.data.images import (
 from minimind.data.quality import QualityConfig, quality_issue
 from minimind.data.readers import ReadIssue, iter_records
 from minimind.data.records import (
+    ANSWER_FIELDS,
     AUDIO_MARKER,
     IMAGE_MARKER,
     SchemaError,
@@ -66,6 +77,7 @@ from minimind.data.records import (
     check_audio_markers,
     check_image_markers,
     image_refs,
+    match_turn_audios,
     validate_record,
 )
 from minimind.data.shards import ShardWriter, UniqueRowStore
@@ -74,14 +86,17 @@ from minimind.data.textnorm import detect_lang, normalize_record
 CLEANABLE_KINDS = ("pretrain", "sft", "dpo", "vlm", "omni")
 MEDIA_KINDS = ("vlm", "omni")
 _META = [("lang", pa.string()), ("source", pa.string()), ("origin", pa.string())]
+_ANSWERS = [(field, pa.string()) for field in ANSWER_FIELDS]  # JSON text, null when absent
 SCHEMAS = {
     "pretrain": pa.schema([("text", pa.string()), *_META]),
     "sft": pa.schema([("conversations", pa.string()), *_META]),
     "dpo": pa.schema([("chosen", pa.string()), ("rejected", pa.string()), *_META]),
-    "vlm": pa.schema([("conversations", pa.string()), ("images", pa.list_(pa.string())), *_META]),
+    "vlm": pa.schema([("conversations", pa.string()), ("images", pa.list_(pa.string())),
+                      *_ANSWERS, *_META]),
     "omni": pa.schema([("conversations", pa.string()), ("images", pa.list_(pa.string())),
                        ("question_audios", pa.list_(pa.string())), ("answer_audio", pa.string()),
-                       *_META]),
+                       ("question_text", pa.list_(pa.string())),  # one per clip; null: none
+                       *_ANSWERS, *_META]),
 }
 IMAGES_DIR = "images"
 AUDIO_DIR = "audio"
@@ -122,6 +137,13 @@ class Doc:
     origin: str
     images: tuple[CleanImage, ...] = ()
     audios: tuple[CleanAudio, ...] = ()
+    notes: tuple[tuple[str, int], ...] = ()  # by-source counts, added if it is kept
+
+
+# MiniMind-O fields that nothing here trains on (Mimi codes, a speaker embedding): dropped
+# from the rows, counted per source as `omni.<name>_dropped`.
+_DROPPED_OMNI = {"answer_audios": "answer_codes", "ref_audios": "ref_audios",
+                 "spk_emb": "spk_emb"}
 
 
 def split_long_text(text: str, max_chars: int) -> list[str]:
@@ -195,6 +217,14 @@ class RejectSink:
         self._handle.close()
 
 
+def _filled(value: Any) -> bool:
+    """Whether a media field holds something: not null, not an empty list or bytes."""
+    if isinstance(value, list):  # a list of codes, or of one code list per turn
+        return any(_filled(item) if isinstance(item, list) else item is not None
+                   for item in value)
+    return value is not None and value != b""
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, bytes | bytearray):  # media: described, never dumped
         return describe_audio(bytes(value)) or describe_bytes(bytes(value))
@@ -248,6 +278,12 @@ class Cleaner:
         """The output rows of one raw record; `base_dir` resolves relative image paths."""
         form = self.config.unicode_form
         record = validate_record(kind, value)
+        notes: dict[str, int] = {}
+        if kind == "omni":  # MiniMind-O's layout (one clip per user turn) -> <audio> markers
+            record, notes["omni.turns_matched"] = match_turn_audios(record)
+            notes["omni.records_matched"] = int(notes["omni.turns_matched"] > 0)
+            for key, name in _DROPPED_OMNI.items():
+                notes[f"omni.{name}_dropped"] = int(_filled(record.get(key)))
         # Validate again after normalisation: it may empty a field (e.g. only zero-width chars).
         record = validate_record(kind, normalize_record(kind, record, form))
         if kind == "pretrain":
@@ -274,14 +310,19 @@ class Cleaner:
             images = self._checked_images(record, base_dir, required=kind == "vlm")
             columns["images"] = [image.sha256 for image in images]
             text += "\n" + " ".join(columns["images"])
+            for field in ANSWER_FIELDS:  # checked by validate_record; kept for evaluation
+                columns[field] = (json.dumps(record[field], ensure_ascii=False)
+                                  if field in record else None)
         if kind == "omni":
             questions, answer = self._checked_audio(record, base_dir)
             audios = questions + (() if answer is None else (answer,))
             columns["question_audios"] = [clip.sha256 for clip in questions]
             columns["answer_audio"] = None if answer is None else answer.sha256
+            columns["question_text"] = record.get("question_text")
             text += "\n" + " ".join(clip.sha256 for clip in audios)
         lang_text = _spoken_text(turns[0])
-        return [Doc(columns, text, detect_lang(lang_text), origin, images, audios)]
+        return [Doc(columns, text, detect_lang(lang_text), origin, images, audios,
+                    tuple(notes.items()))]
 
     def _checked_images(self, record: dict[str, Any], base_dir: Path, required: bool
                         ) -> tuple[CleanImage, ...]:
@@ -305,9 +346,11 @@ class Cleaner:
         """The record's question clips and spoken answer, checked and normalised to 16 kHz."""
         questions, answer = audio_refs(record)
         if not questions and answer is None:
+            codes = (" (answer_audios holds MiniMind-O Mimi codes, which nothing here trains on)"
+                     if _filled(record.get("answer_audios")) else "")
             raise SchemaError("no_audio", "an omni record needs audio (question_audios or "
-                                          "answer_audio); image-text records belong in a vlm "
-                                          "source")
+                                          f"answer_audio WAV){codes}; image-text records belong "
+                                          "in a vlm source")
         check_audio_markers(record["conversations"], len(questions))
         config = self.config.audio
 
@@ -349,6 +392,9 @@ class Cleaner:
             for item in items:
                 stored = self._store(name).add(item)
                 self.stats[source][f"{name}.stored" if stored else f"{name}.duplicates"] += 1
+        for name, count in doc.notes:
+            if count:
+                self.stats[source][name] += count
         return True
 
     def _store(self, name: str) -> Any:

@@ -214,6 +214,10 @@ class PairBatchStream:
         self._positions = BatchStream(Positions(len(pairs)), batch_size, seed, rank,
                                       world_size, shuffle)
 
+    @property
+    def steps_per_epoch(self) -> int:
+        return self._positions.steps_per_epoch
+
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         return self
 

@@ -4,7 +4,8 @@ Why: supervised fine-tuning teaches the model to answer, not to imitate users, s
 assistant says (its reasoning, content and tool calls, plus the `<|im_end|>` that ends its turn)
 is a prediction target; system prompts, tool schemas, user and tool turns and the role headers
 are context. The chat template marks assistant spans with `{% generation %}`, so the mask comes
-from the same template that serves the model, never from a second hand-written parser.
+from the same template that serves the model, never from a second hand-written parser; a
+template without such marks (upstream MiniMind's) has its ChatML assistant turns found instead.
 
 On disk (one folder per split): `tokens.bin` (uint16, all conversations back to back),
 `loss_mask.bin` (uint8, 1 = trained token, parallel to the tokens), `offsets.npy` (int64,
@@ -37,7 +38,7 @@ from minimind.data.pretrain_tokens import (
     read_index,
     write_index,
 )
-from minimind.tokenizer import decode_tool_fields
+from minimind.tokenizer import encode_chat
 
 PAD_DOCUMENT_ID = -1  # document id of padding: attends to nothing the model should care about
 
@@ -61,15 +62,11 @@ def encode_conversation(tokenizer: PreTrainedTokenizerBase, messages: list[dict]
     """Render `messages` with the chat template; return token ids and the assistant mask.
 
     `tools` / `tool_calls` given as JSON strings (the data format) are decoded first so they
-    render in the template's canonical form.
+    render in the template's canonical form. A template without `{% generation %}` blocks (an
+    upstream MiniMind tokenizer's) gets its assistant spans from the ChatML markers instead
+    (`minimind.tokenizer.encode_chat`).
     """
-    encoded = tokenizer.apply_chat_template(
-        decode_tool_fields(messages),
-        tokenize=True,
-        return_dict=True,
-        return_assistant_tokens_mask=True,
-    )
-    return list(encoded["input_ids"]), list(encoded["assistant_masks"])
+    return encode_chat(tokenizer, messages)
 
 
 def fit_to_length(ids: list[int], mask: list[int], max_len: int

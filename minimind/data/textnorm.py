@@ -65,8 +65,9 @@ def normalize_text(text: str, form: NormalForm = "NFKC") -> str:
 def normalize_record(kind: Kind, record: dict, form: NormalForm = "NFKC") -> dict:
     """Normalise the text fields of a canonical record (from `validate_record`).
 
-    Applies `normalize_text` to pretrain `text` and to each message's `content` and
-    `reasoning_content`; `tools`, `tool_calls` and media fields are left untouched. The
+    Applies `normalize_text` to pretrain `text`, to each message's `content` and
+    `reasoning_content` and to a vlm/omni record's `answer_choices` (they must still hold the
+    normalised answers); `tools`, `tool_calls` and media fields are left untouched. The
     result is validated again, so a record whose text was only invisible characters raises
     SchemaError (`empty_text`, `no_assistant_turn`, ...) instead of slipping through empty.
     """
@@ -77,6 +78,10 @@ def normalize_record(kind: Kind, record: dict, form: NormalForm = "NFKC") -> dic
         message_fields = ("chosen", "rejected") if kind == "dpo" else ("conversations",)
         for field in message_fields:
             normalized[field] = [_normalize_message(m, form) for m in record[field]]
+        if record.get("answer_choices") is not None:  # compared with the normalised answers
+            normalized["answer_choices"] = [
+                None if options is None else [normalize_text(o, form) for o in options]
+                for options in record["answer_choices"]]
     return validate_record(kind, normalized)
 
 

