@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from minimind.data.cleaning import CleanConfig
 from minimind.data.dpo_tokens import DPOTokensConfig
@@ -136,12 +144,21 @@ class FeaturesParams(Strict):
     audio: AudioFeaturesConfig = AudioFeaturesConfig()
 
 
+def _weights_uri(uri: str | None) -> str | None:
+    from minimind.model.upstream import check_weights_uri
+
+    return None if uri is None else check_weights_uri(uri)
+
+
+WeightsURI = Annotated[str | None, AfterValidator(_weights_uri)]  # pretrain/sft.init_from
+
+
 class PretrainParams(TrainingStageParams):
     """pretrain: causal-LM training from scratch (or from `init_from`) on the token shards."""
 
     seq_len: int = Field(ge=16, description="tokens per training row")
     eval_rows: int = Field(default=256, ge=1, description="held-out rows per evaluation")
-    init_from: str | None = Field(
+    init_from: WeightsURI = Field(
         default=None, description="start from these weights instead of random ones: "
         "hf://[models/]<owner>/<repo>/<file>[@rev], https://…, file://… or a path, holding an "
         "upstream MiniMind .pth state dict (e.g. llm_768.pth) or a safetensors file/folder of "
@@ -149,30 +166,16 @@ class PretrainParams(TrainingStageParams):
         "the tokenizer); keys are matched strictly, a missing, unexpected or misshapen one is "
         "an error. train.max_steps >= 1 still applies: a few steps continue training")
 
-    @field_validator("init_from")
-    @classmethod
-    def _init_from_form(cls, uri: str | None) -> str | None:
-        from minimind.model.upstream import check_weights_uri
-
-        return None if uri is None else check_weights_uri(uri)
-
 
 class SFTParams(TrainingStageParams):
     """sft: chat fine-tuning, optionally with LoRA."""
 
     seq_len: int = Field(ge=16, description="tokens per packed row")
     eval_rows: int = Field(default=256, ge=1, description="held-out rows per evaluation")
-    init_from: str | None = Field(
+    init_from: WeightsURI = Field(
         default=None, description="fine-tune these weights instead of models/pretrain's (same "
         "forms as pretrain.init_from, e.g. an upstream full_sft_768.pth); the architecture "
         "and tokenizer still come from models/pretrain, and keys are matched strictly")
-
-    @field_validator("init_from")
-    @classmethod
-    def _init_from_form(cls, uri: str | None) -> str | None:
-        from minimind.model.upstream import check_weights_uri
-
-        return None if uri is None else check_weights_uri(uri)
 
     lora: LoRAConfig = LoRAConfig()
     sampling: SamplingConfig = SamplingConfig()
@@ -368,12 +371,17 @@ class Params(Strict):
             if seq_len > positions:
                 raise ValueError(f"{section}.seq_len ({seq_len}) exceeds the model's "
                                  f"max_position_embeddings ({positions})")
+        layers = self.model.to_config().num_hidden_layers
         for section, on in (("align", self.modalities.vision),
                             ("align_omni", self.modalities.omni)):
             max_len = getattr(self, section).max_len
             if on and max_len > positions:
                 raise ValueError(f"{section}.max_len ({max_len}) exceeds the model's "
                                  f"max_position_embeddings ({positions})")
+            chosen = getattr(self, section).phase2.llm_layers
+            if on and isinstance(chosen, list) and (bad := [i for i in chosen if i >= layers]):
+                raise ValueError(f"{section}.phase2.llm_layers {bad} out of range: the model "
+                                 f"has {layers} decoder layers (0..{layers - 1})")
         kinds = {source.name: source.kind for source in self.data.sources}
         checks: list[tuple[str, list[str], tuple[str, ...]]] = [
             ("eval.qa_sources", self.eval.qa_sources, ("sft",))]

@@ -43,7 +43,8 @@ SECONDS = {
     "align": {"max_len": 256, "eval_rows": 8,
               "phase1": {"train": {"max_steps": 4, "epochs": None, "micro_batch_size": 4,
                                    "warmup_steps": 1}},
-              "phase2": {"train": {"max_steps": 4, "epochs": None, "micro_batch_size": 4,
+              "phase2": {"llm_layers": [0, 3],  # the first and last of tiny's 4
+                         "train": {"max_steps": 4, "epochs": None, "micro_batch_size": 4,
                                    "warmup_steps": 1}}},
     "eval_vlm": {"max_questions": 16, "max_new_tokens": 4, "captions": 1,
                  "caption_max_new_tokens": 8},

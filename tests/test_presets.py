@@ -107,6 +107,15 @@ def test_switched_off_families_are_not_checked_against_the_sources() -> None:
         validate_params(vision_only)
 
 
+def test_llm_layers_must_exist_in_the_model() -> None:
+    raw = copy.deepcopy(RAW)
+    raw["align"]["phase2"]["llm_layers"] = [0, 7]  # minimind-3's last layer; tiny has 4
+    with pytest.raises(ParamsError, match=r"align.phase2.llm_layers \[7\] out of range"):
+        validate_params(raw)
+    raw["model"]["preset"] = "minimind-3"
+    assert validate_params(raw).align.phase2.llm_layers == [0, 7]
+
+
 def test_eval_qa_sources_must_be_sft_sources() -> None:
     raw = copy.deepcopy(RAW)
     raw["eval"]["qa_sources"] = ["zh_news"]

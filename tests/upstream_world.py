@@ -38,7 +38,6 @@ import random
 import re
 import sys
 import threading
-import wave
 import zlib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -753,16 +752,11 @@ def vision_dataset_files(pretrain: int = 120, sft: int = 160, seed: int = 3, siz
 # Omni: synthetic speech-like clips, fake Mimi codes, speaker embeddings
 # --------------------------------------------------------------------------------------------
 
-def wav_bytes(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:
-    """Mono PCM16 WAV of float samples in [-1, 1]."""
-    pcm = np.clip(np.round(samples * 32767), -32768, 32767).astype("<i2")
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(sample_rate)
-        out.writeframes(pcm.tobytes())
-    return buffer.getvalue()
+def wav_bytes(samples: np.ndarray) -> bytes:
+    """Mono 16 kHz PCM16 WAV of float samples in [-1, 1], as the project writes them."""
+    from minimind.data.audio import encode_wav
+
+    return encode_wav(samples)
 
 
 def speech_like(text: str, seed: int = 0, min_seconds: float = 0.5, max_seconds: float = 2.0,
