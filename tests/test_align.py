@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from minimind.data.features import FeatureStore
@@ -181,6 +182,9 @@ def test_align_stage_writes_the_vlm_and_resumes_finished_phases(tokenizer, data,
     write_clean_vlm(root / "data/clean/vlm", "train", train)
     write_clean_vlm(root / "data/clean/vlm", "val", held_out)
     shutil.copytree(features.directory, root / "data/features/vision")
+    sources = yaml.safe_load((root / "params.yaml").read_text())["data"]["sources"]
+    set_param(root, "data.sources", sources + [  # align's sources must be vlm sources
+        {"name": name, "uri": "builtin:scene_vqa", "kind": "vlm"} for name in ("vqa", "captions")])
     for phase, source in (("phase1", "captions"), ("phase2", "vqa")):
         set_param(root, f"align.{phase}.sources", [source])
         set_param(root, f"align.{phase}.train.max_steps", 6)
