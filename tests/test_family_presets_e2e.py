@@ -136,6 +136,18 @@ def check_text_family(root: Path, env: dict[str, str]) -> None:
     assert (root / "models" / "export" / "gguf" / "minimind.gguf").stat().st_size > 0
 
 
+def repro_family(tmp_path: Path, served, *presets: str, extra: dict | None = None
+                 ) -> tuple[Path, dict[str, str], str]:
+    """A family project's first `dvc repro`: every stage runs (or says it skipped), all of
+    its data from the fake Hub. Returns the project root, its env and the repro output."""
+    root = tmp_path / "project"
+    env = family_project(root, served.env(tmp_path / "hf_home"), *presets, extra=extra)
+    first = run([DVC, "repro"], root, env).stdout
+    assert executed(first) == TEXT | VISION | OMNI, first
+    check_no_builtin_and_fetched_from_hub(root, served)
+    return root, env, first
+
+
 def check_skipped(root: Path, env: dict[str, str], stages: set[str], reason: str) -> None:
     """The stages' metrics say skipped and why, in the files and in `dvc metrics show`."""
     shown = json.loads(run([DVC, "metrics", "show", "--json"], root, env).stdout)[""]["data"]
@@ -147,12 +159,8 @@ def check_skipped(root: Path, env: dict[str, str], stages: set[str], reason: str
 
 def test_minimind_3_text_only_then_moe(tmp_path: Path, hub) -> None:
     world, served = hub
-    root = tmp_path / "project"
-    env = family_project(root, served.env(tmp_path / "hf_home"), "minimind-3")
-    first = run([DVC, "repro"], root, env)
-    assert executed(first.stdout) == TEXT | VISION | OMNI, first.stdout
-    assert "skipped (modalities.vision is false)" in first.stdout
-    check_no_builtin_and_fetched_from_hub(root, served)
+    root, env, first = repro_family(tmp_path, served, "minimind-3")
+    assert "skipped (modalities.vision is false)" in first
     check_text_family(root, env)
     check_skipped(root, env, {"align", "eval_vlm", "export_vlm"}, "modalities.vision is false")
     check_skipped(root, env, {"align_omni", "eval_omni", "talker"}, "modalities.omni is false")
@@ -172,12 +180,8 @@ def test_minimind_3_text_only_then_moe(tmp_path: Path, hub) -> None:
 
 def test_minimind_3v_from_an_upstream_llm(tmp_path: Path, hub) -> None:
     world, served = hub
-    root = tmp_path / "project"
-    env = family_project(root, served.env(tmp_path / "hf_home"), "minimind-3v",
-                         extra={"sft": {"init_from": world.weights_uri()}})
-    first = run([DVC, "repro"], root, env)
-    assert executed(first.stdout) == TEXT | VISION | OMNI, first.stdout
-    check_no_builtin_and_fetched_from_hub(root, served)
+    root, env, _ = repro_family(tmp_path, served, "minimind-3v",
+                                extra={"sft": {"init_from": world.weights_uri()}})
     assert served.hits(f"/{world.vision_encoder_repo}/resolve/")
     assert metrics(root, "sft")["init_from"]["source"] == world.weights_uri()
     features = metrics(root, "features")["vision"]
@@ -192,11 +196,7 @@ def test_minimind_3v_from_an_upstream_llm(tmp_path: Path, hub) -> None:
 
 def test_minimind_o_hears_upstream_spoken_questions(tmp_path: Path, hub) -> None:
     world, served = hub
-    root = tmp_path / "project"
-    env = family_project(root, served.env(tmp_path / "hf_home"), "minimind-o")
-    first = run([DVC, "repro"], root, env)
-    assert executed(first.stdout) == TEXT | VISION | OMNI, first.stdout
-    check_no_builtin_and_fetched_from_hub(root, served)
+    root, env, _ = repro_family(tmp_path, served, "minimind-o")
     assert served.hits(f"/{world.audio_encoder_repo}/resolve/")
     clean = metrics(root, "clean")
     assert clean["records_kept"] > 0

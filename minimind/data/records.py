@@ -151,16 +151,21 @@ def answer_fields(record: Mapping[str, Any], messages: list[dict]) -> dict[str, 
     return out
 
 
+def _json_text(text: str, reason: str, where: str) -> Any:
+    """`text` parsed as JSON; a SchemaError(`reason`) naming `where` when it is not JSON."""
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as err:
+        raise SchemaError(reason, f"{where}: {err}") from None
+
+
 def _answer_list(record: Mapping[str, Any], field: str, turns: int) -> list | None:
     """`record[field]` as a list with one entry per assistant message, None when absent."""
     value = record.get(field)
     if value is None:
         return None
     if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except (json.JSONDecodeError, RecursionError) as err:
-            raise SchemaError("invalid_json", f"{field}: not a JSON list: {err}") from None
+        value = _json_text(value, "invalid_json", f"{field}: not a JSON list")
         if value is None:
             return None
     if not isinstance(value, list):
@@ -467,10 +472,7 @@ def _tool_json(message: dict, key: str, where: str) -> str | None:
     if raw is None or (isinstance(raw, str) and not raw.strip()):
         return None
     if isinstance(raw, str):
-        try:
-            parsed = json.loads(raw)
-        except (json.JSONDecodeError, RecursionError) as err:
-            raise SchemaError("invalid_tool_json", f"{where}.{key}: {err}") from None
+        parsed = _json_text(raw, "invalid_tool_json", f"{where}.{key}")
     elif isinstance(raw, list | dict):
         parsed = raw
     else:
